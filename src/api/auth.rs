@@ -1,0 +1,110 @@
+//! API keys and the `Tenant` extractor.
+//!
+//! Keys are held only as SHA-256 digests; a request's key is hashed and looked up.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use crate::app::AppState;
+
+/// The tenant the request's API key belongs to.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub String);
+
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys {
+    tenants_by_digest: HashMap<[u8; 32], String>,
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl ApiKeys {
+    /// Parses `tenant:key,tenant:key`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut keys = Self::default();
+        for pair in spec
+            .split(',')
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+        {
+            let Some((tenant, key)) = pair.split_once(':') else {
+                return Err(format!(
+                    "SLUICE_API_KEYS: `{}…` is not `tenant:key`",
+                    pair.chars().take(8).collect::<String>()
+                ));
+            };
+            if tenant.is_empty() || key.is_empty() {
+                return Err("SLUICE_API_KEYS: tenant and key must not be empty".into());
+            }
+            keys.tenants_by_digest
+                .insert(digest(key), tenant.to_owned());
+        }
+        if keys.tenants_by_digest.is_empty() {
+            return Err("SLUICE_API_KEYS: no `tenant:key` pair given".into());
+        }
+        Ok(keys)
+    }
+
+    /// The embedded mode's development key: made once, kept in the data directory, reused after.
+    pub fn load_or_create_dev_key(data_dir: &Path) -> std::io::Result<(Self, String)> {
+        let path = data_dir.join("dev-api-key");
+        let key = match std::fs::read_to_string(&path) {
+            Ok(key) if !key.trim().is_empty() => key.trim().to_owned(),
+            _ => {
+                let key = format!("sk_dev_{}", hex::encode(rand::random::<[u8; 20]>()));
+                std::fs::create_dir_all(data_dir)?;
+                std::fs::write(&path, &key)?;
+                key
+            }
+        };
+        let keys = Self::parse(&format!("dev:{key}")).map_err(std::io::Error::other)?;
+        Ok((keys, key))
+    }
+
+    pub fn tenant_for(&self, key: &str) -> Option<&str> {
+        self.tenants_by_digest.get(&digest(key)).map(String::as_str)
+    }
+}
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or(value.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized)?;
+        let tenant = state.keys.tenant_for(key).ok_or(ApiError::Unauthorized)?;
+        Ok(Tenant(tenant.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_their_tenant() {
+        let keys = ApiKeys::parse("acme:k1, globex:k2").unwrap();
+        assert_eq!(keys.tenant_for("k1"), Some("acme"));
+        assert_eq!(keys.tenant_for("k2"), Some("globex"));
+        assert_eq!(keys.tenant_for("k3"), None);
+        assert!(ApiKeys::parse("nocolon").is_err());
+        assert!(ApiKeys::parse(":k").is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! Phase 2: `POST /api/v3/batches/{id}/items`, an NDJSON body streamed into the batch.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+
+use super::auth::Tenant;
+use super::error::ApiError;
+use super::wire::{IngestResponse, RejectedLine};
+use crate::app::AppState;
+use crate::ingest::body::{ContentEncoding, body_reader};
+use crate::ingest::pipeline::{IngestError, IngestTarget, ingest};
+use crate::ingest::seal::{SealOutcome, seal_if_complete};
+use crate::ingest::summary::IngestSummary;
+use crate::store::{Batch, BatchStatus, now_millis};
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/x-ndjson" | "application/ndjson" => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type must be application/x-ndjson or application/ndjson, got `{content_type}`"
+        ))),
+    }
+}
+
+fn content_encoding(headers: &HeaderMap) -> Result<ContentEncoding, ApiError> {
+    let raw = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|value| value.to_str().unwrap_or("?"));
+    ContentEncoding::parse(raw)
+        .ok_or_else(|| ApiError::UnsupportedEncoding(raw.unwrap_or_default().to_owned()))
+}
+
+pub async fn stream_items(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    check_content_type(&parts.headers)?;
+    let encoding = content_encoding(&parts.headers)?;
+    let batch = state.find_batch(&tenant, &id).await?;
+    if batch.sealed {
+        // Nothing can be added to a sealed batch: answer without reading the body.
+        let summary = IngestSummary::default();
+        return Ok(Json(response(&batch, &summary, &sealed_outcome(&batch))).into_response());
+    }
+    match state.effective_status(&batch, now_millis()) {
+        BatchStatus::Pending => {}
+        other => return Err(ApiError::BatchNotPending(other.as_str())),
+    }
+
+    let target = IngestTarget {
+        batch_id: Arc::from(batch.id.as_str()),
+        run_count: batch.run_count,
+        queue: state.queue.clone(),
+        payloads: state.payloads.clone(),
+    };
+    let (summary, result) =
+        ingest(body_reader(body, encoding), &target, state.ingest_limits()).await;
+    let body_error = match result {
+        Ok(()) => None,
+        Err(IngestError::Dependency(error)) => return Err(error.into()),
+        // The items read before the body broke are kept; the batch may even be complete now.
+        Err(IngestError::Body(error)) => Some(error),
+    };
+    let outcome = seal_if_complete(state.store.as_ref(), state.queue.as_ref(), &batch).await?;
+    if let Some(error) = body_error {
+        tracing::info!(batch = %batch.id, accepted = summary.accepted, error = %error, "stream ended early");
+        return Err(ApiError::UnreadableBody(error.to_string()));
+    }
+    let body = response(&batch, &summary, &outcome);
+    if summary.rejected_total > 0 {
+        return Err(ApiError::ItemsRejected(Box::new(body)));
+    }
+    Ok(Json(body).into_response())
+}
+
+fn sealed_outcome(batch: &Batch) -> SealOutcome {
+    SealOutcome {
+        sealed: true,
+        progress: crate::queue::Progress {
+            enqueued: u64::from(batch.run_count),
+            failed: 0,
+        },
+        missing: Vec::new(),
+    }
+}
+
+fn response(batch: &Batch, summary: &IngestSummary, outcome: &SealOutcome) -> IngestResponse {
+    let unsealed = !outcome.sealed;
+    IngestResponse {
+        id: batch.id.clone(),
+        items_accepted: summary.accepted,
+        items_deduplicated: summary.deduplicated,
+        sealed: outcome.sealed,
+        items_failed: summary.failed,
+        items_rejected: summary.rejected_total,
+        rejected: summary
+            .rejected
+            .iter()
+            .map(|rejection| RejectedLine {
+                line: rejection.line,
+                index: rejection.index,
+                code: rejection.code.as_str().to_owned(),
+                message: rejection.message.clone(),
+            })
+            .collect(),
+        enqueued_count: unsealed.then_some(outcome.progress.enqueued),
+        expected_count: unsealed.then_some(batch.run_count),
+        missing: unsealed.then(|| outcome.missing.iter().map(|&(a, b)| [a, b]).collect()),
+    }
+}

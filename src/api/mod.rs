@@ -1,0 +1,68 @@
+//! HTTP: the router, one module per resource, the error mapping and the auth extractor.
+
+pub mod auth;
+pub mod batches;
+pub mod error;
+pub mod health;
+pub mod items;
+pub mod wire;
+
+use std::any::Any;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use self::error::ApiError;
+use crate::app::AppState;
+
+fn request_span(request: &Request<Body>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id,
+    )
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "request handler panicked");
+    ApiError::Internal.into_response()
+}
+
+pub fn router(state: AppState) -> Router {
+    let create =
+        post(batches::create_batch).layer(DefaultBodyLimit::max(batches::MAX_CREATE_BODY_BYTES));
+    Router::new()
+        .route("/api/v3/batches", create)
+        .route("/api/v3/batches/{id}", get(batches::get_batch))
+        .route("/api/v3/batches/{id}/items", post(items::stream_items))
+        .route("/healthz", get(health::healthz))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(CatchPanicLayer::custom(panic_response)),
+        )
+        .with_state(state)
+}

@@ -1,0 +1,100 @@
+//! The error every backend (SQL store, queue, payload store) returns.
+//!
+//! It says which dependency failed and whether the failure looks transient (connection refused,
+//! timeout: the client may retry, answered `503`) or not (a bug or a broken invariant: `500`).
+
+use std::fmt;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Which backend an error came from; shown in logs and metrics, never to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    Database,
+    Redis,
+    PayloadStore,
+}
+
+impl fmt::Display for Dependency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Database => "database",
+            Self::Redis => "redis",
+            Self::PayloadStore => "payload store",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DependencyError {
+    /// The dependency could not be reached or did not answer in time.
+    #[error("{dependency} is unavailable: {source}")]
+    Unavailable {
+        dependency: Dependency,
+        source: BoxError,
+    },
+    /// The dependency answered with an error that retrying will not fix.
+    #[error("{dependency} failed: {source}")]
+    Failed {
+        dependency: Dependency,
+        source: BoxError,
+    },
+}
+
+impl DependencyError {
+    pub fn unavailable(dependency: Dependency, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable {
+            dependency,
+            source: source.into(),
+        }
+    }
+
+    pub fn failed(dependency: Dependency, source: impl Into<BoxError>) -> Self {
+        Self::Failed {
+            dependency,
+            source: source.into(),
+        }
+    }
+
+    pub fn dependency(&self) -> Dependency {
+        match self {
+            Self::Unavailable { dependency, .. } | Self::Failed { dependency, .. } => *dependency,
+        }
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+impl From<sqlx::Error> for DependencyError {
+    fn from(error: sqlx::Error) -> Self {
+        use sqlx::Error::*;
+        let transient = match &error {
+            Io(_) | Tls(_) | PoolTimedOut | PoolClosed | WorkerCrashed | Protocol(_) => true,
+            // SQLite answers "database is locked" under write contention beyond busy_timeout.
+            Database(db) => db.code().is_some_and(|code| code == "5" || code == "6"),
+            _ => false,
+        };
+        if transient {
+            Self::unavailable(Dependency::Database, error)
+        } else {
+            Self::failed(Dependency::Database, error)
+        }
+    }
+}
+
+impl From<redis::RedisError> for DependencyError {
+    fn from(error: redis::RedisError) -> Self {
+        if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_timeout()
+            || error.is_cluster_error()
+        {
+            Self::unavailable(Dependency::Redis, error)
+        } else {
+            Self::failed(Dependency::Redis, error)
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Runs one Phase 2 body through the pipeline:
+//!
+//! ```text
+//! body → frames (lazy) → decode + offload (buffer_unordered(concurrency)) → enqueue (micro-batched)
+//! ```
+//!
+//! Items that are ready together are enqueued in one queue call: one round trip for many items,
+//! each item still deduplicated on its own. With a concurrency of 1 every item is read, offloaded
+//! and enqueued before the next line is read.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use tokio::io::AsyncRead;
+use tokio_util::codec::FramedRead;
+
+use super::framer::{Frame, FrameKind, NdjsonDecoder};
+use super::item::{Decoded, LineRules, Rejection, decode_frame};
+use super::stored::{
+    DEFAULT_PAYLOAD_TYPE, OFFLOADED_PAYLOAD_TYPE, StoredFailure, StoredItem, to_json,
+};
+use super::summary::IngestSummary;
+use crate::dependency::DependencyError;
+use crate::payloads::{PayloadStore, payload_key};
+use crate::queue::{ItemQueue, QueuedItem};
+
+/// Most items one enqueue call carries.
+const MAX_ITEMS_PER_ENQUEUE: usize = 512;
+/// Most item bytes one enqueue call carries (one item is always let through).
+const MAX_BYTES_PER_ENQUEUE: usize = 1 << 20;
+/// Read buffer of the framer; a line may need more and gets it, up to the line limit.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    pub concurrency: usize,
+    pub max_line_bytes: usize,
+    pub offload_threshold_bytes: usize,
+}
+
+/// Why a stream stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The body could not be read or decoded (cut connection, corrupt gzip, …).
+    #[error("request body could not be read: {0}")]
+    Body(std::io::Error),
+    #[error(transparent)]
+    Dependency(#[from] DependencyError),
+}
+
+/// The backends a stream writes to.
+#[derive(Clone)]
+pub struct IngestTarget {
+    pub batch_id: Arc<str>,
+    pub run_count: u32,
+    pub queue: Arc<dyn ItemQueue>,
+    pub payloads: Arc<dyn PayloadStore>,
+}
+
+/// What one line turned into once its payload (if large) is offloaded.
+enum Step {
+    Enqueue(QueuedItem),
+    Reject(Rejection),
+}
+
+/// Streams `body` into the batch. The summary counts everything enqueued before any error, so a
+/// caller can report it either way.
+pub async fn ingest(
+    body: impl AsyncRead + Send + Unpin,
+    target: &IngestTarget,
+    limits: IngestLimits,
+) -> (IngestSummary, Result<(), IngestError>) {
+    let mut summary = IngestSummary::default();
+    let result = run(body, target, limits, &mut summary).await;
+    (summary, result)
+}
+
+async fn run(
+    body: impl AsyncRead + Send + Unpin,
+    target: &IngestTarget,
+    limits: IngestLimits,
+    summary: &mut IngestSummary,
+) -> Result<(), IngestError> {
+    let decoder = NdjsonDecoder::new(limits.max_line_bytes);
+    let rules = LineRules {
+        run_count: target.run_count,
+        max_line_bytes: limits.max_line_bytes,
+    };
+    let mut steps = FramedRead::with_capacity(body, decoder, READ_BUFFER_BYTES)
+        .enumerate()
+        .map(|(emit_position, frame)| async move {
+            let frame = frame.map_err(IngestError::Body)?;
+            prepare(frame, emit_position as u64, rules, limits, target).await
+        })
+        .buffer_unordered(limits.concurrency.max(1));
+    let max_items = if limits.concurrency <= 1 {
+        1
+    } else {
+        MAX_ITEMS_PER_ENQUEUE
+    };
+
+    while let Some(first) = steps.next().await {
+        let mut ready = vec![first];
+        let mut bytes = 0;
+        // Take whatever else is already prepared, without waiting for more.
+        while ready.len() < max_items && bytes < MAX_BYTES_PER_ENQUEUE {
+            match steps.next().now_or_never() {
+                Some(Some(step)) => {
+                    if let Ok(Step::Enqueue(item)) = &step {
+                        bytes += item.body.len();
+                    }
+                    ready.push(step);
+                }
+                _ => break,
+            }
+        }
+        let mut items = Vec::with_capacity(ready.len());
+        let mut stopped = None;
+        for step in ready {
+            match step {
+                Ok(Step::Enqueue(item)) => items.push(item),
+                Ok(Step::Reject(rejection)) => summary.record_rejection(rejection),
+                Err(error) => stopped = Some(error),
+            }
+        }
+        // Items prepared before an error are still enqueued: nothing read is thrown away.
+        if !items.is_empty() {
+            let stored = target.queue.enqueue(&target.batch_id, &items).await?;
+            for (item, newly_stored) in items.iter().zip(stored) {
+                summary.record_enqueued(item.failed, newly_stored);
+            }
+        }
+        if let Some(error) = stopped {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one frame into what to enqueue, offloading a large payload first.
+async fn prepare(
+    frame: Frame,
+    emit_position: u64,
+    rules: LineRules,
+    limits: IngestLimits,
+    target: &IngestTarget,
+) -> Result<Step, IngestError> {
+    let (index, body, failed) = match decode_frame(&frame, emit_position, rules) {
+        Decoded::Rejected(rejection) => return Ok(Step::Reject(rejection)),
+        Decoded::Failed { index, failure } => {
+            let body = to_json(&StoredFailure::new(&failure, frame.line_number));
+            (index, body, true)
+        }
+        Decoded::Valid {
+            index,
+            task,
+            payload,
+            options,
+        } => {
+            let payload_type = options
+                .as_ref()
+                .and_then(|options| options.get("payloadType"))
+                .and_then(|value| value.as_str())
+                .unwrap_or(DEFAULT_PAYLOAD_TYPE);
+            let mut item = StoredItem {
+                task: &task,
+                payload,
+                payload_type,
+                options: options.as_ref(),
+            };
+            let reference;
+            let offload = payload.filter(|raw| raw.get().len() >= limits.offload_threshold_bytes);
+            if let (Some(raw), FrameKind::Line(line)) = (offload, &frame.kind) {
+                let key = payload_key(&target.batch_id, index);
+                // The payload's bytes are a slice of the line: no copy on the way out.
+                let payload_bytes = line.slice_ref(raw.get().as_bytes());
+                target.payloads.put(&key, payload_bytes).await?;
+                reference =
+                    serde_json::value::to_raw_value(&key).expect("a string always serialises");
+                item.payload = Some(&reference);
+                item.payload_type = OFFLOADED_PAYLOAD_TYPE;
+            }
+            (index, to_json(&item), false)
+        }
+    };
+    Ok(Step::Enqueue(QueuedItem {
+        index,
+        failed,
+        body: Bytes::from(body),
+    }))
+}

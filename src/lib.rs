@@ -1,0 +1,14 @@
+//! Sluice: streams very large NDJSON batches over HTTP and lands each item exactly once.
+//!
+//! The binary (`main.rs`) only wires these modules together; tests and benchmarks use the same
+//! code through this crate.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod dependency;
+pub mod ingest;
+pub mod jobs;
+pub mod payloads;
+pub mod queue;
+pub mod store;

@@ -1,0 +1,88 @@
+//! Wiring only: parse the command line and environment, start the server, wait for shutdown.
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use sluice::app::{App, serve};
+use sluice::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Streams NDJSON batches over HTTP and lands each item exactly once"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve(Box<Config>),
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        let mut signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        signal.recv().await;
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+    token.cancel();
+}
+
+async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let app = App::build(config).await?;
+    let listener = tokio::net::TcpListener::bind(app.config.listen).await?;
+    let address = listener.local_addr()?;
+    let mode = if app.config.is_embedded() {
+        "embedded (SQLite)"
+    } else {
+        "production"
+    };
+    tracing::info!(%address, mode, "Sluice listening");
+    if let Some(key) = &app.dev_key {
+        println!("Sluice listening on http://{address} ({mode})");
+        println!("Development API key (tenant `dev`): {key}");
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+    serve(app, listener, shutdown).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Serve(config)) => run_server(*config).await,
+        None => match Cli::try_parse_from(["sluice", "serve"]) {
+            Ok(Cli {
+                command: Some(Command::Serve(config)),
+            }) => run_server(*config).await,
+            Ok(_) => unreachable!("`serve` parses to the serve command"),
+            Err(error) => error.exit(),
+        },
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sluice: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Offloaded payloads in S3 or any S3-compatible server.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Region};
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+
+use crate::dependency::{Dependency, DependencyError};
+use crate::payloads::PayloadStore;
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+}
+
+pub struct S3PayloadStore {
+    client: Client,
+    bucket: String,
+}
+
+impl S3PayloadStore {
+    /// Builds a client from the usual AWS credential sources (environment, profile, instance role).
+    pub async fn connect(settings: &S3Settings) -> Self {
+        let region = Region::new(
+            settings
+                .region
+                .clone()
+                .unwrap_or_else(|| "us-east-1".into()),
+        );
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .load()
+            .await;
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .operation_attempt_timeout(Duration::from_secs(30))
+            .build();
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(settings.force_path_style)
+            .timeout_config(timeouts);
+        if let Some(endpoint) = &settings.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        Self {
+            client: Client::from_conf(config.build()),
+            bucket: settings.bucket.clone(),
+        }
+    }
+}
+
+/// Transport failures, timeouts and 5xx answers are worth a retry; anything else is not.
+fn classify<E>(error: SdkError<E, HttpResponse>) -> DependencyError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let transient = match &error {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => service.raw().status().is_server_error(),
+        _ => false,
+    };
+    if transient {
+        DependencyError::unavailable(Dependency::PayloadStore, error)
+    } else {
+        DependencyError::failed(Dependency::PayloadStore, error)
+    }
+}
+
+#[async_trait]
+impl PayloadStore for S3PayloadStore {
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), DependencyError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, DependencyError> {
+        let object = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(object) => object,
+            Err(SdkError::ServiceError(service)) if service.err().is_no_such_key() => {
+                return Ok(None);
+            }
+            Err(error) => return Err(classify(error)),
+        };
+        let body = object
+            .body
+            .collect()
+            .await
+            .map_err(|error| DependencyError::unavailable(Dependency::PayloadStore, error))?;
+        Ok(Some(body.into_bytes()))
+    }
+
+    async fn ping(&self) -> Result<(), DependencyError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! Per-index dedup and the item queue: each index of a batch is stored once, atomically with
+//! marking it taken.
+//!
+//! Adapters: Redis (production, one Lua script per call, every key in the batch's hash slot) and the
+//! SQL store (`INSERT … ON CONFLICT DO NOTHING`). An adapter must never leave an index marked but
+//! its item not stored.
+
+pub mod adapters;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::dependency::DependencyError;
+
+/// One item ready to be stored at its index.
+#[derive(Debug, Clone)]
+pub struct QueuedItem {
+    pub index: u32,
+    /// Whether this is a failed item (it still takes its index).
+    pub failed: bool,
+    /// The item as stored: a JSON object.
+    pub body: Bytes,
+}
+
+/// How far a batch has been filled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub enqueued: u64,
+    pub failed: u64,
+}
+
+/// An inclusive range of indexes.
+pub type IndexRange = (u32, u32);
+
+#[async_trait]
+pub trait ItemQueue: Send + Sync + 'static {
+    /// Stores each item unless its index is already taken. Returns, in order, whether each item
+    /// was newly stored. Items of one call may share an index: the first one wins.
+    async fn enqueue(
+        &self,
+        batch_id: &str,
+        items: &[QueuedItem],
+    ) -> Result<Vec<bool>, DependencyError>;
+
+    async fn progress(&self, batch_id: &str) -> Result<Progress, DependencyError>;
+
+    /// Index ranges in `0..run_count` not yet taken, ascending, at most `limit` of them.
+    async fn missing(
+        &self,
+        batch_id: &str,
+        run_count: u32,
+        limit: usize,
+    ) -> Result<Vec<IndexRange>, DependencyError>;
+
+    /// The stored item at an index.
+    async fn item(&self, batch_id: &str, index: u32) -> Result<Option<Bytes>, DependencyError>;
+
+    async fn ping(&self) -> Result<(), DependencyError>;
+}
+
+/// Ranges of indexes in `0..run_count` absent from `present`, which must be ascending.
+pub fn missing_ranges(
+    present: impl IntoIterator<Item = u32>,
+    run_count: u32,
+    limit: usize,
+) -> Vec<IndexRange> {
+    let mut ranges = Vec::new();
+    let mut next = 0u32;
+    for index in present {
+        if ranges.len() == limit {
+            return ranges;
+        }
+        if index > next {
+            ranges.push((next, index - 1));
+        }
+        next = next.max(index.saturating_add(1));
+    }
+    if next < run_count && ranges.len() < limit {
+        ranges.push((next, run_count - 1));
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_ranges;
+
+    #[test]
+    fn missing_ranges_cover_head_gaps_and_tail() {
+        assert_eq!(missing_ranges([], 3, 10), vec![(0, 2)]);
+        assert_eq!(missing_ranges([0, 1, 2], 3, 10), vec![]);
+        assert_eq!(
+            missing_ranges([1, 2, 5, 9], 10, 10),
+            vec![(0, 0), (3, 4), (6, 8)]
+        );
+        assert_eq!(missing_ranges([1, 3, 5, 7], 10, 2), vec![(0, 0), (2, 2)]);
+    }
+}
