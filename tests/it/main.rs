@@ -1,0 +1,6 @@
+//! Integration tests: the real server on 127.0.0.1:0, a real HTTP client, and every case against
+//! both modes (embedded; Postgres + Redis + S3).
+
+mod batches;
+mod ingest;
+mod support;

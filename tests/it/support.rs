@@ -1,0 +1,202 @@
+//! Starts a real Sluice server on 127.0.0.1:0 in either mode and talks HTTP to it.
+//!
+//! Production mode needs Postgres, Redis and an S3 server; their addresses come from the
+//! environment `scripts/test` sets up. A missing service fails the test loudly: it is never
+//! skipped.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use reqwest::{Body, StatusCode};
+use serde_json::{Value, json};
+use sluice::app::{App, serve};
+use sluice::config::Config;
+use sluice::payloads::PayloadStore;
+use sluice::queue::ItemQueue;
+use tokio_util::sync::CancellationToken;
+
+pub const KEY: &str = "key-of-acme";
+pub const OTHER_KEY: &str = "key-of-globex";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// SQLite, the SQL queue, payload files: what `cargo run` gives.
+    Embedded,
+    /// Postgres, Redis, S3.
+    Production,
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `scripts/test`, which starts Postgres, Redis and S3")
+    })
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub queue: Arc<dyn ItemQueue>,
+    pub payloads: Arc<dyn PayloadStore>,
+    shutdown: CancellationToken,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestServer {
+    pub async fn start(mode: Mode) -> Self {
+        Self::start_with(mode, |_| {}).await
+    }
+
+    pub async fn start_with(mode: Mode, adjust: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::embedded(data_dir.path().to_path_buf());
+        config.api_keys = Some(format!("acme:{KEY},globex:{OTHER_KEY}"));
+        if mode == Mode::Production {
+            config.database_url = Some(required_env("SLUICE_TEST_DATABASE_URL"));
+            config.database_max_connections = 4;
+            config.redis_url = Some(required_env("SLUICE_TEST_REDIS_URL"));
+            config.s3_bucket = Some(required_env("SLUICE_TEST_S3_BUCKET"));
+            config.s3_endpoint = Some(required_env("SLUICE_TEST_S3_ENDPOINT"));
+            config.s3_force_path_style = true;
+        }
+        adjust(&mut config);
+        let app = App::build(config).await.unwrap_or_else(|error| {
+            panic!(
+                "{mode:?} server could not start (is every service of `scripts/test` up?): {error}"
+            )
+        });
+        if mode == Mode::Production {
+            app.payloads
+                .ping()
+                .await
+                .expect("the S3 bucket is reachable");
+        }
+        let queue = app.queue.clone();
+        let payloads = app.payloads.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(app, listener, shutdown.clone()));
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            queue,
+            payloads,
+            shutdown,
+            _data_dir: data_dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn create(&self, body: Value) -> (StatusCode, Value) {
+        self.create_as(KEY, body).await
+    }
+
+    pub async fn create_as(&self, key: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.url("/api/v3/batches"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        into_parts(response).await
+    }
+
+    /// Creates a batch of `run_count` items and returns its id.
+    pub async fn new_batch(&self, run_count: u32) -> String {
+        let (status, body) = self.create(json!({ "runCount": run_count })).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn items_request(&self, id: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url(&format!("/api/v3/batches/{id}/items")))
+            .bearer_auth(KEY)
+            .header("content-type", "application/x-ndjson")
+    }
+
+    /// Streams `chunks` as a chunked body (no Content-Length), one HTTP chunk each.
+    pub async fn stream_chunks(&self, id: &str, chunks: Vec<Vec<u8>>) -> (StatusCode, Value) {
+        let body = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::io::Error>(Bytes::from(c))),
+        );
+        let response = self
+            .items_request(id)
+            .body(Body::wrap_stream(body))
+            .send()
+            .await
+            .unwrap();
+        into_parts(response).await
+    }
+
+    pub async fn stream(&self, id: &str, body: impl Into<Vec<u8>>) -> (StatusCode, Value) {
+        self.stream_chunks(id, vec![body.into()]).await
+    }
+
+    pub async fn batch(&self, id: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(self.url(&format!("/api/v3/batches/{id}")))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        into_parts(response).await
+    }
+
+    /// The item stored at an index, as JSON.
+    pub async fn stored_item(&self, id: &str, index: u32) -> Option<Value> {
+        let body = self.queue.item(id, index).await.unwrap()?;
+        Some(serde_json::from_slice(&body).unwrap())
+    }
+}
+
+pub async fn into_parts(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let bytes = response.bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        panic!(
+            "{status}: body is not JSON: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, body)
+}
+
+/// NDJSON lines for indexes, each `{"index":i,"task":"t","payload":{"n":i}}`.
+pub fn ndjson(indexes: impl IntoIterator<Item = u32>) -> Vec<u8> {
+    let mut body = Vec::new();
+    for index in indexes {
+        body.extend_from_slice(
+            format!("{{\"index\":{index},\"task\":\"t\",\"payload\":{{\"n\":{index}}}}}\n")
+                .as_bytes(),
+        );
+    }
+    body
+}
+
+/// Splits a body into chunks at every `step` bytes.
+pub fn chunked(body: &[u8], step: usize) -> Vec<Vec<u8>> {
+    body.chunks(step).map(<[u8]>::to_vec).collect()
+}
+
+/// A stream of chunks that sends `first` and then never ends: for checks that the server answers
+/// without reading the whole body.
+pub fn endless_body(first: Vec<u8>) -> Body {
+    let first = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
+    Body::wrap_stream(first.chain(futures::stream::pending()))
+}
