@@ -13,7 +13,7 @@ use super::wire::IngestResponse;
 use crate::dependency::DependencyError;
 
 /// Seconds a client should wait before retrying after a 503.
-const RETRY_AFTER_SECONDS: &str = "1";
+pub const RETRY_AFTER_SECONDS: &str = "1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -2,9 +2,10 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 
-use super::wire::HealthResponse;
+use super::wire::{ErrorDetail, HealthResponse};
 use crate::app::AppState;
 use crate::dependency::DependencyError;
 
@@ -19,23 +20,26 @@ fn describe(result: &Result<(), DependencyError>) -> String {
     }
 }
 
-pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
+pub async fn healthz(State(state): State<AppState>) -> Response {
     let (database, queue, payloads) = tokio::join!(
         state.store.ping(),
         state.queue.ping(),
         state.payloads.ping()
     );
     let healthy = database.is_ok() && queue.is_ok() && payloads.is_ok();
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     let body = HealthResponse {
         status: if healthy { "ok" } else { "unavailable" }.into(),
         database: describe(&database),
         queue: describe(&queue),
         payloads: describe(&payloads),
+        error: (!healthy).then(|| ErrorDetail {
+            code: "DEPENDENCY_UNAVAILABLE".into(),
+            message: "a backend is unavailable; see the fields of this body".into(),
+        }),
     };
-    (status, Json(body))
+    if healthy {
+        return (StatusCode::OK, Json(body)).into_response();
+    }
+    let retry_after = [(header::RETRY_AFTER, super::error::RETRY_AFTER_SECONDS)];
+    (StatusCode::SERVICE_UNAVAILABLE, retry_after, Json(body)).into_response()
 }

@@ -79,6 +79,13 @@ pub async fn stream_items(
         Err(IngestError::Body(error)) => Some(error),
     };
     let outcome = seal_if_complete(state.store.as_ref(), state.queue.as_ref(), &batch).await?;
+    if let Some(current) = &outcome.unsealed {
+        // Aborted while this stream ran: what was read is kept, but the batch will never seal.
+        match state.effective_status(current, now_millis()) {
+            BatchStatus::Pending => {}
+            other => return Err(ApiError::BatchNotPending(other.as_str())),
+        }
+    }
     if let Some(error) = body_error {
         tracing::info!(batch = %batch.id, accepted = summary.accepted, error = %error, "stream ended early");
         return Err(ApiError::UnreadableBody(error.to_string()));
@@ -98,6 +105,7 @@ fn sealed_outcome(batch: &Batch) -> SealOutcome {
             failed: 0,
         },
         missing: Vec::new(),
+        unsealed: None,
     }
 }
 

@@ -89,4 +89,14 @@ pub struct HealthResponse {
     pub database: String,
     pub queue: String,
     pub payloads: String,
+    /// Present when a backend is unavailable (the answer is then 503).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// The `error` member every non-2xx body carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
 }

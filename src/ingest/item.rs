@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use super::framer::{Frame, FrameKind};
 use super::index_probe::{Probe, probe_index};
+use super::stored::{DEFAULT_PAYLOAD_TYPE, OFFLOADED_PAYLOAD_TYPE};
 
 /// Stable codes of failed items and rejections, as they appear on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,8 @@ pub enum Decoded<'a> {
         index: u32,
         task: String,
         payload: Option<&'a RawValue>,
+        /// `options.payloadType`, or the default.
+        payload_type: String,
         options: Option<serde_json::Map<String, serde_json::Value>>,
     },
     Failed {
@@ -172,10 +175,25 @@ fn decode_line(bytes: &[u8], line: u64, emit_position: u64, rules: LineRules) ->
         }
         Some(_) => return invalid("`options` must be an object".to_owned()),
     };
+    let payload_type = match options
+        .as_ref()
+        .and_then(|options| options.get("payloadType"))
+    {
+        None => DEFAULT_PAYLOAD_TYPE.to_owned(),
+        // Only Sluice writes this type: a client-made reference could point at any object.
+        Some(serde_json::Value::String(kind)) if kind == OFFLOADED_PAYLOAD_TYPE => {
+            return invalid(format!(
+                "`options.payloadType` {OFFLOADED_PAYLOAD_TYPE} is reserved"
+            ));
+        }
+        Some(serde_json::Value::String(kind)) => kind.clone(),
+        Some(_) => return invalid("`options.payloadType` must be a string".to_owned()),
+    };
     Decoded::Valid {
         index,
         task,
         payload: item.payload,
+        payload_type,
         options,
     }
 }
@@ -295,9 +313,11 @@ mod tests {
                 index,
                 task,
                 payload,
+                payload_type,
                 options,
             } => {
                 assert_eq!((index, task.as_str()), (3, "t"));
+                assert_eq!(payload_type, DEFAULT_PAYLOAD_TYPE);
                 assert_eq!(payload.unwrap().get(), r#"{"a": [1, 2]}"#);
                 let options = options.unwrap();
                 assert!(options.contains_key("k") && !options.contains_key("__x"));
@@ -308,7 +328,7 @@ mod tests {
 
     #[test]
     fn bad_lines_become_failed_items_at_their_index_or_emit_position() {
-        let cases: [(&[u8], u32, LineCode); 6] = [
+        let cases: [(&[u8], u32, LineCode); 8] = [
             (br#"{"index":4,"task":"t""#, 4, LineCode::InvalidJson),
             (b"{\"index\":2,\"task\":\"\xff\"}", 2, LineCode::InvalidJson),
             (br#"{"index":6}"#, 6, LineCode::InvalidItem),
@@ -317,6 +337,16 @@ mod tests {
             (
                 br#"{"index":1,"task":"t","options":[]}"#,
                 1,
+                LineCode::InvalidItem,
+            ),
+            (
+                br#"{"index":3,"task":"t","payload":"k","options":{"payloadType":"application/store"}}"#,
+                3,
+                LineCode::InvalidItem,
+            ),
+            (
+                br#"{"index":3,"task":"t","options":{"payloadType":7}}"#,
+                3,
                 LineCode::InvalidItem,
             ),
         ];

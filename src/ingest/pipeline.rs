@@ -17,9 +17,7 @@ use tokio_util::codec::FramedRead;
 
 use super::framer::{Frame, FrameKind, NdjsonDecoder};
 use super::item::{Decoded, LineRules, Rejection, decode_frame};
-use super::stored::{
-    DEFAULT_PAYLOAD_TYPE, OFFLOADED_PAYLOAD_TYPE, StoredFailure, StoredItem, to_json,
-};
+use super::stored::{OFFLOADED_PAYLOAD_TYPE, StoredFailure, StoredItem, to_json};
 use super::summary::IngestSummary;
 use crate::dependency::DependencyError;
 use crate::payloads::{PayloadStore, payload_key};
@@ -156,17 +154,13 @@ async fn prepare(
             index,
             task,
             payload,
+            payload_type,
             options,
         } => {
-            let payload_type = options
-                .as_ref()
-                .and_then(|options| options.get("payloadType"))
-                .and_then(|value| value.as_str())
-                .unwrap_or(DEFAULT_PAYLOAD_TYPE);
             let mut item = StoredItem {
                 task: &task,
                 payload,
-                payload_type,
+                payload_type: &payload_type,
                 options: options.as_ref(),
             };
             let reference;

@@ -14,6 +14,8 @@ pub struct SealOutcome {
     pub progress: Progress,
     /// Ranges still missing; empty once sealed.
     pub missing: Vec<IndexRange>,
+    /// The batch as it is now, when it did not seal (it may have been aborted meanwhile).
+    pub unsealed: Option<Batch>,
 }
 
 pub async fn seal_if_complete(
@@ -22,14 +24,19 @@ pub async fn seal_if_complete(
     batch: &Batch,
 ) -> Result<SealOutcome, DependencyError> {
     let progress = queue.progress(&batch.id).await?;
-    let complete = progress.enqueued >= u64::from(batch.run_count);
-    let sealed = complete
-        && (store.seal(&batch.id, now_millis()).await?
-            || store
-                .batch(&batch.tenant, &batch.id)
-                .await?
-                .is_some_and(|current| current.sealed));
-    let missing = if complete {
+    let complete = progress.enqueued == u64::from(batch.run_count);
+    if complete && store.seal(&batch.id, now_millis()).await? {
+        return Ok(SealOutcome {
+            sealed: true,
+            progress,
+            missing: Vec::new(),
+            unsealed: None,
+        });
+    }
+    // Not sealed by this call: sealed by a concurrent request, aborted, or incomplete.
+    let current = store.batch(&batch.tenant, &batch.id).await?;
+    let sealed = current.as_ref().is_some_and(|current| current.sealed);
+    let missing = if complete || sealed {
         Vec::new()
     } else {
         queue
@@ -40,5 +47,6 @@ pub async fn seal_if_complete(
         sealed,
         progress,
         missing,
+        unsealed: current.filter(|current| !current.sealed),
     })
 }
