@@ -82,12 +82,9 @@ impl FromRequestParts<AppState> for Tenant {
             .headers
             .get(AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                value
-                    .strip_prefix("Bearer ")
-                    .or(value.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
             .ok_or(ApiError::Unauthorized)?;
         let tenant = state.keys.tenant_for(key).ok_or(ApiError::Unauthorized)?;
         Ok(Tenant(tenant.to_owned()))

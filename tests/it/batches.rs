@@ -140,6 +140,12 @@ async fn requests_without_a_valid_key_get_401(#[case] mode: Mode) {
     }
     let (_, batch) = server.batch(&id).await;
     assert_eq!(batch["enqueuedCount"], 0);
+    // The scheme word is case-insensitive.
+    let upper = server
+        .client
+        .get(server.url(&format!("/api/v3/batches/{id}")))
+        .header("authorization", format!("BEARER {KEY}"));
+    assert_eq!(upper.send().await.unwrap().status(), StatusCode::OK);
 }
 
 #[rstest]
