@@ -103,6 +103,7 @@ impl AppState {
     pub fn ingest_limits(&self) -> IngestLimits {
         IngestLimits {
             concurrency: self.config.ingest_concurrency as usize,
+            max_items_per_enqueue: self.config.enqueue_batch_max_items as usize,
             max_line_bytes: self.config.item_max_bytes as usize,
             offload_threshold_bytes: self.config.offload_threshold_bytes as usize,
         }

@@ -66,6 +66,11 @@ pub struct Config {
           default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub ingest_concurrency: u32,
 
+    /// Most items one dedup/enqueue call carries; `1` is one queue round trip per item.
+    #[arg(long = "enqueue-batch-max-items", env = "SLUICE_ENQUEUE_BATCH_MAX_ITEMS", value_name = "SLUICE_ENQUEUE_BATCH_MAX_ITEMS",
+          default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub enqueue_batch_max_items: u32,
+
     /// Maximum bytes of one NDJSON line.
     #[arg(long = "item-max-bytes", env = "STREAMING_BATCH_ITEM_MAXIMUM_SIZE", value_name = "STREAMING_BATCH_ITEM_MAXIMUM_SIZE",
           default_value_t = 3_145_728, value_parser = clap::value_parser!(u32).range(16..))]
@@ -111,6 +116,7 @@ impl Config {
             s3_region: None,
             s3_force_path_style: false,
             ingest_concurrency: 10,
+            enqueue_batch_max_items: 512,
             item_max_bytes: 3_145_728,
             offload_threshold_bytes: 524_288,
             max_items: 1_000_000,

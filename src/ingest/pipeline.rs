@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead;
 
@@ -23,16 +23,18 @@ use crate::dependency::DependencyError;
 use crate::payloads::{PayloadStore, payload_key};
 use crate::queue::{ItemQueue, QueuedItem};
 
-/// Most items one enqueue call carries.
-const MAX_ITEMS_PER_ENQUEUE: usize = 512;
 /// Most item bytes one enqueue call carries (one item is always let through).
 const MAX_BYTES_PER_ENQUEUE: usize = 1 << 20;
+/// Enqueue calls in flight at once: one is sent while the next batch is prepared.
+const ENQUEUES_IN_FLIGHT: usize = 2;
 /// Read buffer of the framer; a line may need more and gets it, up to the line limit.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct IngestLimits {
     pub concurrency: usize,
+    /// Most items one queue call carries; 1 makes one queue round trip per item.
+    pub max_items_per_enqueue: usize,
     pub max_line_bytes: usize,
     pub offload_threshold_bytes: usize,
 }
@@ -85,55 +87,107 @@ async fn run(
         run_count: target.run_count,
         max_line_bytes: limits.max_line_bytes,
     };
-    let mut steps = FramedRead::with_capacity(body, decoder, READ_BUFFER_BYTES)
+    let steps = FramedRead::with_capacity(body, decoder, READ_BUFFER_BYTES)
         .enumerate()
         .map(|(emit_position, frame)| async move {
             let frame = frame.map_err(IngestError::Body)?;
             prepare(frame, emit_position as u64, rules, limits, target).await
         })
         .buffer_unordered(limits.concurrency.max(1));
-    let max_items = if limits.concurrency <= 1 {
+    // With a concurrency of 1 each item is enqueued before the next line is read.
+    let sequential = limits.concurrency <= 1;
+    let max_items = if sequential {
         1
     } else {
-        MAX_ITEMS_PER_ENQUEUE
+        limits.max_items_per_enqueue.max(1)
     };
+    let in_flight = if sequential { 1 } else { ENQUEUES_IN_FLIGHT };
+    let enqueued = ready_batches(steps, max_items)
+        .map(|steps| enqueue_batch(steps, target))
+        .buffered(in_flight);
+    let mut enqueued = std::pin::pin!(enqueued);
+    while let Some(batch) = enqueued.next().await {
+        for rejection in batch.rejections {
+            summary.record_rejection(rejection);
+        }
+        for (failed, newly_stored) in batch.stored {
+            summary.record_enqueued(failed, newly_stored);
+        }
+        if let Some(error) = batch.error {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
 
-    while let Some(first) = steps.next().await {
+/// Groups the items that are ready together, without waiting for more: the first of a group is
+/// awaited, the rest taken only if already prepared.
+fn ready_batches<S>(steps: S, max_items: usize) -> impl Stream<Item = Vec<S::Item>>
+where
+    S: Stream<Item = Result<Step, IngestError>> + Unpin,
+{
+    futures::stream::unfold(steps, move |mut steps| async move {
+        let first = steps.next().await?;
+        let mut bytes = step_bytes(&first);
         let mut ready = vec![first];
-        let mut bytes = 0;
-        // Take whatever else is already prepared, without waiting for more.
         while ready.len() < max_items && bytes < MAX_BYTES_PER_ENQUEUE {
             match steps.next().now_or_never() {
                 Some(Some(step)) => {
-                    if let Ok(Step::Enqueue(item)) = &step {
-                        bytes += item.body.len();
-                    }
+                    bytes += step_bytes(&step);
                     ready.push(step);
                 }
                 _ => break,
             }
         }
-        let mut items = Vec::with_capacity(ready.len());
-        let mut stopped = None;
-        for step in ready {
-            match step {
-                Ok(Step::Enqueue(item)) => items.push(item),
-                Ok(Step::Reject(rejection)) => summary.record_rejection(rejection),
-                Err(error) => stopped = Some(error),
-            }
-        }
-        // Items prepared before an error are still enqueued: nothing read is thrown away.
-        if !items.is_empty() {
-            let stored = target.queue.enqueue(&target.batch_id, &items).await?;
-            for (item, newly_stored) in items.iter().zip(stored) {
-                summary.record_enqueued(item.failed, newly_stored);
-            }
-        }
-        if let Some(error) = stopped {
-            return Err(error);
+        Some((ready, steps))
+    })
+}
+
+fn step_bytes(step: &Result<Step, IngestError>) -> usize {
+    match step {
+        Ok(Step::Enqueue(item)) => item.body.len(),
+        _ => 0,
+    }
+}
+
+/// What one enqueue call did: (failed, newly stored) per item, and why the stream must stop.
+struct EnqueuedBatch {
+    stored: Vec<(bool, bool)>,
+    rejections: Vec<Rejection>,
+    error: Option<IngestError>,
+}
+
+async fn enqueue_batch(
+    steps: Vec<Result<Step, IngestError>>,
+    target: &IngestTarget,
+) -> EnqueuedBatch {
+    let mut items = Vec::with_capacity(steps.len());
+    let mut rejections = Vec::new();
+    let mut error = None;
+    for step in steps {
+        match step {
+            Ok(Step::Enqueue(item)) => items.push(item),
+            Ok(Step::Reject(rejection)) => rejections.push(rejection),
+            Err(stopped) => error = Some(stopped),
         }
     }
-    Ok(())
+    // Items prepared before an error are still enqueued: nothing read is thrown away.
+    let stored = if items.is_empty() {
+        Vec::new()
+    } else {
+        match target.queue.enqueue(&target.batch_id, &items).await {
+            Ok(stored) => items.iter().map(|item| item.failed).zip(stored).collect(),
+            Err(failed) => {
+                error = Some(failed.into());
+                Vec::new()
+            }
+        }
+    };
+    EnqueuedBatch {
+        stored,
+        rejections,
+        error,
+    }
 }
 
 /// Decodes one frame into what to enqueue, offloading a large payload first.

@@ -92,10 +92,14 @@ async fn concurrent_streams_store_each_index_once_and_seal_once(#[case] mode: Mo
     let mut accepted = 0;
     for (status, body) in &results {
         assert_eq!(*status, StatusCode::OK, "{body}");
-        accepted += body["itemsAccepted"].as_u64().unwrap();
-        assert_eq!(
-            body["itemsAccepted"].as_u64().unwrap() + body["itemsDeduplicated"].as_u64().unwrap(),
-            300
+        let stream_accepted = body["itemsAccepted"].as_u64().unwrap();
+        let deduplicated = body["itemsDeduplicated"].as_u64().unwrap();
+        accepted += stream_accepted;
+        // A stream that starts after another sealed the batch reads nothing and adds nothing.
+        let answered_sealed_at_once = body["sealed"] == true && stream_accepted + deduplicated == 0;
+        assert!(
+            stream_accepted + deduplicated == 300 || answered_sealed_at_once,
+            "{body}"
         );
     }
     assert_eq!(accepted, 300, "{results:?}");
