@@ -22,6 +22,10 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve(Box<Config>),
+    /// Stream an NDJSON file (or stdin) into a new batch and retry until it is sealed.
+    Send(sluice::cli::send::SendArgs),
+    /// Load-test a running server with generated batches.
+    Bench(sluice::cli::bench::BenchArgs),
 }
 
 async fn shutdown_signal(token: CancellationToken) {
@@ -64,11 +68,17 @@ async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let cli = match cli.command {
+        Some(Command::Send(args)) => return sluice::cli::send::run(args).await,
+        Some(Command::Bench(args)) => return sluice::cli::bench::run(args).await,
+        _ => cli,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
+        Some(Command::Send(_) | Command::Bench(_)) => unreachable!("handled above"),
         Some(Command::Serve(config)) => run_server(*config).await,
         None => match Cli::try_parse_from(["sluice", "serve"]) {
             Ok(Cli {

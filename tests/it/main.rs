@@ -3,4 +3,5 @@
 
 mod batches;
 mod ingest;
+mod send;
 mod support;

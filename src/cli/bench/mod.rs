@@ -1,0 +1,272 @@
+//! `sluice bench`: a load generator. Creates batches and streams generated NDJSON to a running
+//! server over real HTTP (chunked bodies), then reports items/s, MB/s, request latency
+//! percentiles and the server's peak RSS.
+
+mod body;
+mod stats;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_compression::tokio::bufread::GzipEncoder;
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use self::body::{BodyShape, generate};
+use self::stats::{Percentiles, peak_rss_bytes, percentiles, reset_peak_rss};
+use crate::api::wire::{CreateBatchRequest, CreateBatchResponse, IngestResponse};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Server base URL.
+    #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:3030")]
+    pub url: String,
+    /// API key.
+    #[arg(long, env = "SLUICE_API_KEY", hide_env_values = true)]
+    pub key: String,
+    /// Items per batch.
+    #[arg(long, default_value_t = 100_000)]
+    pub items: u32,
+    /// Batches to create and stream.
+    #[arg(long, default_value_t = 1)]
+    pub batches: u32,
+    /// Requests (create + stream) in flight at once.
+    #[arg(long, default_value_t = 1)]
+    pub requests: usize,
+    /// Bytes of each item's payload.
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Compress request bodies with gzip.
+    #[arg(long)]
+    pub gzip: bool,
+    /// Share of items sent as an oversized line (0.0–1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub oversized_share: f64,
+    /// Bytes of an oversized item's payload; more than the server's line limit.
+    #[arg(long, default_value_t = 3_145_729)]
+    pub oversized_bytes: usize,
+    /// Share of items sent twice (0.0–1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_share: f64,
+    /// Bytes per HTTP body chunk.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub chunk_bytes: usize,
+    /// PID of a server on this machine, to report its peak RSS during the run.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// A name for this run in the report.
+    #[arg(long, default_value = "bench")]
+    pub label: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub label: String,
+    pub batches: u32,
+    pub items_per_batch: u32,
+    pub items: u64,
+    pub body_bytes: u64,
+    pub seconds: f64,
+    pub items_per_second: f64,
+    pub megabytes_per_second: f64,
+    pub sealed_batches: u32,
+    pub request_latency: Percentiles,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("server answered {status}: {body}")]
+    Status { status: u16, body: String },
+}
+
+struct Run {
+    client: reqwest::Client,
+    args: BenchArgs,
+    body_bytes: Arc<AtomicU64>,
+}
+
+impl Run {
+    async fn batch(&self, seed: u64) -> Result<(Duration, bool), BenchError> {
+        let started = Instant::now();
+        let create = CreateBatchRequest {
+            run_count: i64::from(self.args.items),
+            task_identifiers: Some(vec!["bench".into()]),
+            idempotency_key: None,
+            parent_run_id: None,
+            resume_parent_on_completion: None,
+        };
+        let response = self
+            .client
+            .post(format!("{}/api/v3/batches", self.args.url))
+            .bearer_auth(&self.args.key)
+            .json(&create)
+            .send()
+            .await?;
+        let created: CreateBatchResponse = checked(response).await?.json().await?;
+
+        let shape = BodyShape {
+            items: self.args.items,
+            payload_bytes: self.args.payload_bytes,
+            oversized_share: self.args.oversized_share,
+            oversized_bytes: self.args.oversized_bytes,
+            duplicate_share: self.args.duplicate_share,
+            chunk_bytes: self.args.chunk_bytes,
+            seed,
+        };
+        let body_bytes = self.body_bytes.clone();
+        let counted = generate(shape).inspect_ok(move |chunk| {
+            body_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        });
+        let mut request = self
+            .client
+            .post(format!(
+                "{}/api/v3/batches/{}/items",
+                self.args.url, created.id
+            ))
+            .bearer_auth(&self.args.key)
+            .header("content-type", "application/x-ndjson");
+        let body = if self.args.gzip {
+            request = request.header("content-encoding", "gzip");
+            let encoder = GzipEncoder::new(StreamReader::new(counted));
+            reqwest::Body::wrap_stream(ReaderStream::with_capacity(encoder, self.args.chunk_bytes))
+        } else {
+            reqwest::Body::wrap_stream(counted)
+        };
+        let response = request.body(body).send().await?;
+        let status = response.status();
+        let ingested: IngestResponse = if status.as_u16() == 422 {
+            response.json().await?
+        } else {
+            checked(response).await?.json().await?
+        };
+        Ok((started.elapsed(), ingested.sealed))
+    }
+}
+
+async fn checked(response: reqwest::Response) -> Result<reqwest::Response, BenchError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    Err(BenchError::Status {
+        status: status.as_u16(),
+        body,
+    })
+}
+
+/// Runs the benchmark described by `args`.
+pub async fn bench(args: BenchArgs) -> Result<BenchReport, BenchError> {
+    if let Some(pid) = args.server_pid
+        && !reset_peak_rss(pid)
+    {
+        eprintln!("sluice bench: cannot reset the peak RSS of {pid}; it is the peak since start");
+    }
+    let run = Arc::new(Run {
+        client: reqwest::Client::new(),
+        args: args.clone(),
+        body_bytes: Arc::new(AtomicU64::new(0)),
+    });
+    let started = Instant::now();
+    let results: Vec<Result<(Duration, bool), BenchError>> =
+        futures::stream::iter(0..u64::from(args.batches))
+            .map(|seed| {
+                let run = run.clone();
+                async move { run.batch(seed).await }
+            })
+            .buffer_unordered(args.requests.max(1))
+            .collect()
+            .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut latencies = Vec::with_capacity(results.len());
+    let mut sealed_batches = 0;
+    for result in results {
+        let (latency, sealed) = result?;
+        latencies.push(latency);
+        sealed_batches += u32::from(sealed);
+    }
+    let items = u64::from(args.items) * u64::from(args.batches);
+    let body_bytes = run.body_bytes.load(Ordering::Relaxed);
+    Ok(BenchReport {
+        label: args.label,
+        batches: args.batches,
+        items_per_batch: args.items,
+        items,
+        body_bytes,
+        seconds,
+        items_per_second: items as f64 / seconds,
+        megabytes_per_second: body_bytes as f64 / seconds / 1e6,
+        sealed_batches,
+        request_latency: percentiles(&mut latencies),
+        server_peak_rss_bytes: args.server_pid.and_then(peak_rss_bytes),
+    })
+}
+
+fn print_table(report: &BenchReport) {
+    let latency = &report.request_latency;
+    println!("{:<24} {}", "run", report.label);
+    println!(
+        "{:<24} {} × {} items",
+        "batches", report.batches, report.items_per_batch
+    );
+    println!(
+        "{:<24} {} of {}",
+        "sealed", report.sealed_batches, report.batches
+    );
+    println!("{:<24} {:.3}", "seconds", report.seconds);
+    println!("{:<24} {:.0}", "items/s", report.items_per_second);
+    println!(
+        "{:<24} {:.1}",
+        "MB/s (uncompressed)", report.megabytes_per_second
+    );
+    println!(
+        "{:<24} p50 {:.2} · p90 {:.2} · p99 {:.2} · max {:.2}",
+        "request latency (ms)", latency.p50_ms, latency.p90_ms, latency.p99_ms, latency.max_ms
+    );
+    if let Some(rss) = report.server_peak_rss_bytes {
+        println!(
+            "{:<24} {:.1} MiB",
+            "server peak RSS",
+            rss as f64 / (1024.0 * 1024.0)
+        );
+    }
+}
+
+pub async fn run(args: BenchArgs) -> ExitCode {
+    let json = args.json;
+    match bench(args).await {
+        Ok(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("report serialises")
+                );
+            } else {
+                print_table(&report);
+            }
+            if report.sealed_batches == report.batches {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "sluice bench: {} batch(es) did not seal",
+                    report.batches - report.sealed_batches
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("sluice bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
