@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Shared by scripts/test and scripts/bench: brings up Postgres, Redis and an s3s-fs S3 server,
+# idempotently. Source it; it defines functions and sets nothing running by itself.
+
+PG_HOST=127.0.0.1 PG_PORT=5432 PG_USER=postgres PG_DB=test
+REDIS_PORT=6379
+S3S_VERSION=0.14.1
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+apt_install() {
+  log "installing $* from Debian packages"
+  if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq >&2; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+ensure_postgres() {
+  if pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; then return; fi
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql
+  log "starting PostgreSQL"
+  local version; version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  # Trust local TCP connections, as the tests connect without a password.
+  local hba="/etc/postgresql/$version/main/pg_hba.conf"
+  grep -q '^host all all 127.0.0.1/32 trust' "$hba" || sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  for _ in $(seq 1 50); do pg_isready -q -h "$PG_HOST" -p "$PG_PORT" && break; sleep 0.2; done
+  pg_isready -h "$PG_HOST" -p "$PG_PORT" >/dev/null || { log "PostgreSQL did not start"; exit 1; }
+}
+
+ensure_database() {
+  local exists
+  exists=$(psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")
+  [ "$exists" = 1 ] || createdb -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" "$PG_DB"
+}
+
+ensure_redis() {
+  if redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; then return; fi
+  command -v redis-server >/dev/null || apt_install redis-server
+  log "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  redis-cli -p "$REDIS_PORT" ping | grep -q PONG || { log "Redis did not start"; exit 1; }
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start_s3() {
+  if ! command -v s3s-fs >/dev/null || ! s3s-fs --version 2>/dev/null | grep -q "$S3S_VERSION"; then
+    log "installing s3s-fs $S3S_VERSION (a few minutes, once)"
+    cargo install --locked "s3s-fs@$S3S_VERSION" --features binary >&2
+  fi
+  S3_ROOT=$(mktemp -d)
+  S3_PORT=$(free_port)
+  mkdir -p "$S3_ROOT/sluice-test"  # s3s-fs serves each directory of its root as a bucket
+  s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key sluice-test --secret-key sluice-test-secret \
+    "$S3_ROOT" >"$S3_ROOT.log" 2>&1 &
+  S3_PID=$!
+  trap 'kill $S3_PID 2>/dev/null || true; rm -rf "$S3_ROOT" "$S3_ROOT.log"' EXIT
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" && break
+    sleep 0.1
+  done
+  curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" || { log "s3s-fs did not start"; cat "$S3_ROOT.log" >&2; exit 1; }
+}
+
