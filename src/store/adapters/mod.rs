@@ -1,8 +1,10 @@
-//! The SQL stores. Each type implements both [`crate::store::BatchStore`] and, for deployments
-//! without Redis, [`crate::queue::ItemQueue`] (in `queue/adapters`).
+//! The SQL stores: connecting and migrating per database here; [`crate::store::BatchStore`] for
+//! both in `sql.rs`, and [`crate::queue::ItemQueue`] for deployments without Redis in
+//! `queue/adapters`.
 
 pub mod postgres;
 mod row;
+mod sql;
 pub mod sqlite;
 
 pub use postgres::PostgresStore;
