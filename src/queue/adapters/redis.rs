@@ -1,9 +1,9 @@
 //! The item queue in Redis (standalone or Cluster).
 //!
-//! Per batch, three keys share the `{batch id}` hash tag, so one Lua script can touch them all on a
-//! Cluster: `items` (hash: index → item), `seen` (bitmap of taken indexes, for cheap counts and
-//! missing ranges) and `failed` (count of failed items). `HSETNX` marks and stores an index in one
-//! command; the script only adds the bookkeeping of the same call.
+//! Per batch, two hashes share the `{batch id}` hash tag (one Cluster slot): `items` (index → item)
+//! and `failed` (indexes holding a failed item). `HSETNX` marks and stores an index in one atomic
+//! command, so an index is never marked without its item; a call sends one pipeline of them (one
+//! round trip, no script: Redis spends its time storing, not interpreting).
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::dependency::DependencyError;
 use crate::queue::{IndexRange, ItemQueue, Progress, QueuedItem, missing_ranges};
@@ -20,22 +20,6 @@ use crate::queue::{IndexRange, ItemQueue, Progress, QueuedItem, missing_ranges};
 /// How long a Redis call may take before the request answers 503 instead of hanging.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
-
-const ENQUEUE_SCRIPT: &str = r#"
--- KEYS: items, seen, failed. ARGV: index, failed flag, body; repeated per item.
-local stored = {}
-local failed = 0
-for i = 1, #ARGV, 3 do
-  local new = redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 2])
-  if new == 1 then
-    redis.call('SETBIT', KEYS[2], ARGV[i], 1)
-    if ARGV[i + 1] == '1' then failed = failed + 1 end
-  end
-  stored[#stored + 1] = new
-end
-if failed > 0 then redis.call('INCRBY', KEYS[3], failed) end
-return stored
-"#;
 
 /// A standalone connection (reconnecting) or a Cluster connection.
 #[derive(Clone)]
@@ -75,13 +59,11 @@ impl ConnectionLike for Connection {
 #[derive(Clone)]
 pub struct RedisQueue {
     connection: Connection,
-    enqueue: Script,
 }
 
 /// The keys of one batch; all in the batch's hash slot.
 struct BatchKeys {
     items: String,
-    seen: String,
     failed: String,
 }
 
@@ -89,7 +71,6 @@ impl BatchKeys {
     fn new(batch_id: &str) -> Self {
         Self {
             items: format!("sluice:{{{batch_id}}}:items"),
-            seen: format!("sluice:{{{batch_id}}}:seen"),
             failed: format!("sluice:{{{batch_id}}}:failed"),
         }
     }
@@ -117,20 +98,8 @@ impl RedisQueue {
                 .set_number_of_retries(1);
             Connection::Standalone(client.get_connection_manager_with_config(config).await?)
         };
-        Ok(Self {
-            connection,
-            enqueue: Script::new(ENQUEUE_SCRIPT),
-        })
+        Ok(Self { connection })
     }
-}
-
-/// Indexes whose bit is set in a Redis bitmap (bit 0 is the high bit of the first byte).
-fn set_bits(bitmap: &[u8]) -> impl Iterator<Item = u32> + '_ {
-    bitmap.iter().enumerate().flat_map(|(byte_at, &byte)| {
-        (0..8u32)
-            .filter(move |bit| byte & (0x80 >> bit) != 0)
-            .map(move |bit| byte_at as u32 * 8 + bit)
-    })
 }
 
 #[async_trait]
@@ -144,36 +113,43 @@ impl ItemQueue for RedisQueue {
             return Ok(Vec::new());
         }
         let keys = BatchKeys::new(batch_id);
-        let mut invocation = self.enqueue.prepare_invoke();
-        invocation
-            .key(&keys.items)
-            .key(&keys.seen)
-            .key(&keys.failed);
+        let mut stores = redis::pipe();
         for item in items {
-            invocation
+            stores
+                .cmd("HSETNX")
+                .arg(&keys.items)
                 .arg(item.index)
-                .arg(if item.failed { "1" } else { "0" })
                 .arg(item.body.as_ref());
         }
-        let stored: Vec<i64> = invocation
-            .invoke_async(&mut self.connection.clone())
-            .await?;
-        Ok(stored.into_iter().map(|new| new == 1).collect())
+        let stored: Vec<bool> = stores.query_async(&mut self.connection.clone()).await?;
+        // Recorded after the items are stored: a crash in between can only undercount failures.
+        let failed: Vec<u32> = items
+            .iter()
+            .zip(&stored)
+            .filter(|(item, newly_stored)| item.failed && **newly_stored)
+            .map(|(item, _)| item.index)
+            .collect();
+        if !failed.is_empty() {
+            let mut record = redis::cmd("HSET");
+            record.arg(&keys.failed);
+            for index in failed {
+                record.arg(index).arg(1);
+            }
+            let _: () = record.query_async(&mut self.connection.clone()).await?;
+        }
+        Ok(stored)
     }
 
     async fn progress(&self, batch_id: &str) -> Result<Progress, DependencyError> {
         let keys = BatchKeys::new(batch_id);
-        let (enqueued, failed): (u64, Option<u64>) = redis::pipe()
-            .cmd("BITCOUNT")
-            .arg(&keys.seen)
-            .cmd("GET")
+        let (enqueued, failed): (u64, u64) = redis::pipe()
+            .cmd("HLEN")
+            .arg(&keys.items)
+            .cmd("HLEN")
             .arg(&keys.failed)
             .query_async(&mut self.connection.clone())
             .await?;
-        Ok(Progress {
-            enqueued,
-            failed: failed.unwrap_or(0),
-        })
+        Ok(Progress { enqueued, failed })
     }
 
     async fn missing(
@@ -183,12 +159,12 @@ impl ItemQueue for RedisQueue {
         limit: usize,
     ) -> Result<Vec<IndexRange>, DependencyError> {
         let keys = BatchKeys::new(batch_id);
-        let bitmap: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&keys.seen)
+        // Only unsealed answers need this; it reads every taken index once.
+        let mut present: Vec<u32> = redis::cmd("HKEYS")
+            .arg(&keys.items)
             .query_async(&mut self.connection.clone())
             .await?;
-        let bitmap = bitmap.unwrap_or_default();
-        let present = set_bits(&bitmap).take_while(|&index| index < run_count);
+        present.sort_unstable();
         Ok(missing_ranges(present, run_count, limit))
     }
 
@@ -215,12 +191,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bitmap_bits_are_read_high_bit_first() {
-        let present: Vec<u32> = set_bits(&[0b1000_0001, 0, 0b0100_0000]).collect();
-        assert_eq!(present, vec![0, 7, 17]);
-    }
-
-    #[test]
     fn every_key_of_a_batch_is_in_one_hash_slot() {
         // Redis Cluster hashes only the text between the first `{` and the next `}`.
         fn hash_tag(key: &str) -> &str {
@@ -229,7 +199,7 @@ mod tests {
             &key[open + 1..close]
         }
         let keys = BatchKeys::new("batch_abc");
-        for key in [&keys.items, &keys.seen, &keys.failed] {
+        for key in [&keys.items, &keys.failed] {
             assert_eq!(hash_tag(key), "batch_abc");
         }
     }
