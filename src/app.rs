@@ -1,15 +1,20 @@
 //! The running service: backends chosen by configuration, shared state, and the serve loop.
 
+use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::admission::LoadShield;
 use crate::api::auth::ApiKeys;
 use crate::api::error::ApiError;
+use crate::api::rate_limit::CreateRateLimiter;
 use crate::config::Config;
 use crate::dependency::DependencyError;
+use crate::ingest::body::{BodyLimits, StopSignal};
 use crate::ingest::pipeline::IngestLimits;
 use crate::payloads::PayloadStore;
 use crate::payloads::adapters::{FsPayloadStore, S3PayloadStore};
@@ -36,11 +41,20 @@ pub struct App {
     pub keys: ApiKeys,
     /// The generated key of the embedded mode, when no keys were configured.
     pub dev_key: Option<String>,
+    pub shield: LoadShield,
+    pub create_limiter: CreateRateLimiter,
+    /// Bound at build time (so a bad address stops the start); served by [`serve`].
+    pub metrics_listener: Option<TcpListener>,
 }
 
 impl App {
     /// Connects every backend the configuration selects and applies migrations.
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(crate::metrics::bind(address).await?),
+            None => None,
+        };
         let (keys, dev_key) = match (&config.api_keys, config.is_embedded()) {
             (Some(spec), _) => (ApiKeys::parse(spec).map_err(StartError::Config)?, None),
             (None, true) => {
@@ -77,6 +91,12 @@ impl App {
             None => Arc::new(FsPayloadStore::open(&config.data_dir.join("payloads")).await?),
         };
         Ok(Self {
+            shield: LoadShield::new(config.max_streams, config.max_items_in_flight),
+            create_limiter: CreateRateLimiter::new(
+                config.create_rate_per_second,
+                config.create_rate_burst,
+            ),
+            metrics_listener,
             config,
             store,
             queue,
@@ -87,15 +107,18 @@ impl App {
     }
 }
 
-/// What every handler gets: the app behind one `Arc`.
+/// What every handler gets: the app behind one `Arc`, and the server's shutdown token.
 #[derive(Clone)]
-pub struct AppState(pub Arc<App>);
+pub struct AppState {
+    app: Arc<App>,
+    shutdown: CancellationToken,
+}
 
 impl Deref for AppState {
     type Target = App;
 
     fn deref(&self) -> &App {
-        &self.0
+        &self.app
     }
 }
 
@@ -107,6 +130,28 @@ impl AppState {
             max_line_bytes: self.config.item_max_bytes as usize,
             offload_threshold_bytes: self.config.offload_threshold_bytes as usize,
         }
+    }
+
+    pub fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            max_encoded_bytes: self.config.max_encoded_body_bytes,
+            max_decoded_bytes: self.config.max_body_bytes,
+            idle_timeout: Duration::from_millis(self.config.body_idle_timeout_ms),
+        }
+    }
+
+    /// Resolves when streams must stop reading: the shutdown grace period has passed.
+    pub fn stream_stop(&self) -> StopSignal {
+        let shutdown = self.shutdown.clone();
+        let grace = self.shutdown_grace();
+        Box::pin(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        })
+    }
+
+    fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.config.shutdown_grace_ms)
     }
 
     /// The tenant's batch, or 404 (also for another tenant's batch).
@@ -127,18 +172,55 @@ impl AppState {
     }
 }
 
-/// Serves on `listener` until `shutdown` is cancelled, with the periodic jobs alongside.
+/// How long streams stopped at the end of the grace period get to send their answers.
+const ANSWER_AFTER_STOP: Duration = Duration::from_secs(5);
+
+/// Serves on `listener` until `shutdown` is cancelled, with the periodic jobs (and the metrics
+/// listener, if configured) alongside.
+///
+/// On shutdown: no new connections are accepted; requests in flight go on for up to
+/// `SLUICE_SHUTDOWN_GRACE_MS`; streams still running then stop reading their bodies and answer
+/// `503` (every item they enqueued is kept, so the client's retry completes the batch).
 pub async fn serve(
-    app: App,
+    mut app: App,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let state = AppState(Arc::new(app));
+    let metrics = app.metrics_listener.take().map(|metrics_listener| {
+        tokio::spawn(crate::metrics::serve(metrics_listener, shutdown.clone()))
+    });
+    let state = AppState {
+        app: Arc::new(app),
+        shutdown: shutdown.clone(),
+    };
+    let grace = state.shutdown_grace();
     let jobs = crate::jobs::spawn(state.clone(), shutdown.clone());
     let served = axum::serve(listener, crate::api::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+        .into_future();
+    let served = finish_within(served, async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace + ANSWER_AFTER_STOP).await;
+    })
+    .await;
     shutdown.cancel();
     jobs.await.ok();
+    if let Some(metrics) = metrics {
+        metrics.await.ok();
+    }
     served
+}
+
+/// Runs `served` to its end, or until `deadline`: then connections still open are dropped.
+async fn finish_within(
+    served: impl Future<Output = std::io::Result<()>>,
+    deadline: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::select! {
+        result = served => result,
+        () = deadline => {
+            tracing::warn!("connections still open after the shutdown grace period were dropped");
+            Ok(())
+        }
+    }
 }

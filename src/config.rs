@@ -10,6 +10,13 @@ use clap::Args;
 
 use crate::payloads::adapters::S3Settings;
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// HTTP listen address.
@@ -91,6 +98,70 @@ pub struct Config {
           default_value_t = 1_800_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub seal_timeout_ms: u64,
 
+    /// Phase 2 streams served at once by this node; beyond it a stream is answered 503 before
+    /// its body is read.
+    #[arg(long = "max-streams", env = "SLUICE_MAX_STREAMS", value_name = "SLUICE_MAX_STREAMS",
+          default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
+
+    /// Items in flight at once across every stream of this node. Each stream reserves
+    /// STREAMING_BATCH_INGEST_CONCURRENCY of them for its whole life; a stream that cannot is
+    /// answered 503 before its body is read.
+    #[arg(long = "max-items-in-flight", env = "SLUICE_MAX_ITEMS_IN_FLIGHT", value_name = "SLUICE_MAX_ITEMS_IN_FLIGHT",
+          default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_items_in_flight: u32,
+
+    /// Phase 1 requests per second per tenant on this node (token bucket); 0 turns the limit off.
+    #[arg(
+        long = "create-rate-per-second",
+        env = "SLUICE_CREATE_RATE_PER_SECOND",
+        value_name = "SLUICE_CREATE_RATE_PER_SECOND",
+        default_value_t = 100
+    )]
+    pub create_rate_per_second: u32,
+
+    /// Phase 1 requests a tenant may make at once before the rate applies (bucket size, >= 1).
+    #[arg(long = "create-rate-burst", env = "SLUICE_CREATE_RATE_BURST", value_name = "SLUICE_CREATE_RATE_BURST",
+          default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub create_rate_burst: u32,
+
+    /// Most bytes a Phase 2 body may have on the wire (before decompression); beyond it, 413.
+    #[arg(long = "max-encoded-body-bytes", env = "SLUICE_MAX_ENCODED_BODY_BYTES", value_name = "SLUICE_MAX_ENCODED_BODY_BYTES",
+          default_value_t = 2 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_encoded_body_bytes: u64,
+
+    /// Most bytes a Phase 2 body may have after decompression; beyond it, 413.
+    #[arg(long = "max-body-bytes", env = "SLUICE_MAX_BODY_BYTES", value_name = "SLUICE_MAX_BODY_BYTES",
+          default_value_t = 2 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_body_bytes: u64,
+
+    /// A Phase 2 body that sends nothing for this long is cut off (408), keeping what it sent.
+    #[arg(long = "body-idle-timeout-ms", env = "SLUICE_BODY_IDLE_TIMEOUT_MS", value_name = "SLUICE_BODY_IDLE_TIMEOUT_MS",
+          default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_idle_timeout_ms: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may go on before streams are stopped.
+    #[arg(
+        long = "shutdown-grace-ms",
+        env = "SLUICE_SHUTDOWN_GRACE_MS",
+        value_name = "SLUICE_SHUTDOWN_GRACE_MS",
+        default_value_t = 30_000
+    )]
+    pub shutdown_grace_ms: u64,
+
+    /// Address of the Prometheus `/metrics` listener; unset: no metrics listener.
+    #[arg(
+        long = "metrics-listen",
+        env = "SLUICE_METRICS_LISTEN",
+        value_name = "SLUICE_METRICS_LISTEN"
+    )]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
+    #[arg(long = "log-format", env = "SLUICE_LOG_FORMAT", value_name = "SLUICE_LOG_FORMAT",
+          value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Comma-separated `tenant:key` pairs. Embedded mode without it generates a dev key.
     #[arg(
         long = "api-keys",
@@ -121,8 +192,30 @@ impl Config {
             offload_threshold_bytes: 524_288,
             max_items: 1_000_000,
             seal_timeout_ms: 1_800_000,
+            max_streams: 100,
+            max_items_in_flight: 1_000,
+            create_rate_per_second: 100,
+            create_rate_burst: 200,
+            max_encoded_body_bytes: 2 << 30,
+            max_body_bytes: 2 << 30,
+            body_idle_timeout_ms: 30_000,
+            shutdown_grace_ms: 30_000,
+            metrics_listen: None,
+            log_format: LogFormat::Text,
             api_keys: None,
         }
+    }
+
+    /// Checks what a single value's parser cannot: limits that must agree with each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_items_in_flight < self.ingest_concurrency {
+            return Err(format!(
+                "SLUICE_MAX_ITEMS_IN_FLIGHT ({}) must be at least STREAMING_BATCH_INGEST_CONCURRENCY ({}): \
+                 every stream reserves that many",
+                self.max_items_in_flight, self.ingest_concurrency
+            ));
+        }
+        Ok(())
     }
 
     /// Embedded mode is the one without an external database.
@@ -173,7 +266,40 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn embedded_config_is_the_command_line_default() {
+        // Run with a clean environment for Sluice's variables: `cargo test` does not set them.
+        let parsed = Defaults::try_parse_from(["sluice"])
+            .expect("defaults parse")
+            .config;
+        let embedded = Config::embedded("./data".into());
+        assert_eq!(format!("{parsed:?}"), format!("{embedded:?}"));
+    }
+
+    #[test]
+    fn items_in_flight_must_cover_one_stream() {
+        let mut config = Config::embedded("d".into());
+        config.ingest_concurrency = 50;
+        config.max_items_in_flight = 49;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("SLUICE_MAX_ITEMS_IN_FLIGHT")
+        );
+        config.max_items_in_flight = 50;
+        assert!(config.validate().is_ok());
+    }
 
     #[test]
     fn pool_size_is_the_larger_of_floor_and_url() {

@@ -15,6 +15,17 @@ pub enum Dependency {
     PayloadStore,
 }
 
+impl Dependency {
+    /// The name used as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Database => "database",
+            Self::Redis => "redis",
+            Self::PayloadStore => "payload_store",
+        }
+    }
+}
+
 impl fmt::Display for Dependency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dependency;
 pub mod ingest;
 pub mod jobs;
+pub mod metrics;
 pub mod payloads;
 pub mod queue;
 pub mod store;

@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use sluice::app::{App, serve};
-use sluice::config::Config;
+use sluice::config::{Config, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +66,21 @@ async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Logs to stdout, filtered by `RUST_LOG` (default `info`), as text or one JSON object per line.
+/// Each line inside a request carries the request's span, so its `request_id`.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -74,20 +89,19 @@ async fn main() -> std::process::ExitCode {
         Some(Command::Bench(args)) => return sluice::cli::bench::run(args).await,
         _ => cli,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-    let result = match cli.command {
+    let config = match cli.command {
         Some(Command::Send(_) | Command::Bench(_)) => unreachable!("handled above"),
-        Some(Command::Serve(config)) => run_server(*config).await,
+        Some(Command::Serve(config)) => *config,
         None => match Cli::try_parse_from(["sluice", "serve"]) {
             Ok(Cli {
                 command: Some(Command::Serve(config)),
-            }) => run_server(*config).await,
+            }) => *config,
             Ok(_) => unreachable!("`serve` parses to the serve command"),
             Err(error) => error.exit(),
         },
     };
+    init_logging(config.log_format);
+    let result = run_server(config).await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -9,11 +9,22 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::admission::Overload;
 use super::wire::IngestResponse;
 use crate::dependency::DependencyError;
+use crate::ingest::body::BodyStop;
 
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECONDS: &str = "1";
+
+/// Rate-limit headers of Phase 1 answers: bucket size, requests left in it now, and (on a 429)
+/// seconds until the next request fits.
+pub const RATE_LIMIT_LIMIT: header::HeaderName =
+    header::HeaderName::from_static("x-ratelimit-limit");
+pub const RATE_LIMIT_REMAINING: header::HeaderName =
+    header::HeaderName::from_static("x-ratelimit-remaining");
+pub const RATE_LIMIT_RESET: header::HeaderName =
+    header::HeaderName::from_static("x-ratelimit-reset");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -30,7 +41,7 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidRequest(String),
     #[error("request body is larger than {0} bytes")]
-    BodyTooLarge(usize),
+    BodyTooLarge(u64),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("Content-Encoding `{0}` is not supported; use gzip, zstd or none")]
@@ -39,6 +50,16 @@ pub enum ApiError {
     UnreadableBody(String),
     #[error("{} line(s) were rejected; every other item was processed", .0.items_rejected)]
     ItemsRejected(Box<IngestResponse>),
+    /// The body was cut off by a limit or by shutdown; what was read before is kept.
+    #[error("{0}; items read before that are kept")]
+    StreamStopped(BodyStop, Box<IngestResponse>),
+    #[error("too many {} on this server; retry later", .0.as_str())]
+    Overloaded(Overload),
+    #[error("too many batches created; retry in {retry_after_seconds} s")]
+    RateLimited {
+        retry_after_seconds: u64,
+        limit: u32,
+    },
     #[error(transparent)]
     Dependency(#[from] DependencyError),
     #[error("internal error")]
@@ -58,6 +79,15 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             Self::ItemsRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::StreamStopped(stop, _) => match stop {
+                BodyStop::EncodedTooLarge(_) | BodyStop::DecodedTooLarge(_) => {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                }
+                BodyStop::Idle(_) => StatusCode::REQUEST_TIMEOUT,
+                BodyStop::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Dependency(error) if error.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Dependency(_) | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -76,6 +106,13 @@ impl ApiError {
             Self::UnsupportedEncoding(_) => "UNSUPPORTED_CONTENT_ENCODING",
             Self::UnreadableBody(_) => "UNREADABLE_BODY",
             Self::ItemsRejected(_) => "ITEMS_REJECTED",
+            Self::StreamStopped(stop, _) => match stop {
+                BodyStop::EncodedTooLarge(_) | BodyStop::DecodedTooLarge(_) => "BODY_TOO_LARGE",
+                BodyStop::Idle(_) => "BODY_IDLE_TIMEOUT",
+                BodyStop::ShuttingDown => "SHUTTING_DOWN",
+            },
+            Self::Overloaded(_) => "OVERLOADED",
+            Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Dependency(error) if error.is_unavailable() => "DEPENDENCY_UNAVAILABLE",
             Self::Dependency(_) | Self::Internal => "INTERNAL_ERROR",
         }
@@ -111,13 +148,19 @@ impl IntoResponse for ApiError {
         let status = self.status();
         match &self {
             Self::Dependency(error) if error.is_unavailable() => {
+                crate::metrics::dependency_error(error);
                 tracing::warn!(error = %error, "dependency unavailable")
             }
-            Self::Dependency(error) => tracing::error!(error = %error, "dependency failed"),
+            Self::Dependency(error) => {
+                crate::metrics::dependency_error(error);
+                tracing::error!(error = %error, "dependency failed")
+            }
             _ => {}
         }
         let summary = match &self {
-            Self::ItemsRejected(summary) => Some(summary.as_ref()),
+            Self::ItemsRejected(summary) | Self::StreamStopped(_, summary) => {
+                Some(summary.as_ref())
+            }
             _ => None,
         };
         let body = ErrorEnvelope {
@@ -128,11 +171,22 @@ impl IntoResponse for ApiError {
             summary,
         };
         let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
+            headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
+        }
+        if let Self::RateLimited {
+            retry_after_seconds,
+            limit,
+        } = self
+        {
+            headers.insert(header::RETRY_AFTER, retry_after_seconds.into());
+            headers.insert(RATE_LIMIT_LIMIT, limit.into());
+            headers.insert(RATE_LIMIT_REMAINING, 0.into());
+            headers.insert(RATE_LIMIT_RESET, retry_after_seconds.into());
         }
         response
     }
@@ -142,7 +196,7 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::BodyTooLarge(super::batches::MAX_CREATE_BODY_BYTES)
+                Self::BodyTooLarge(super::batches::MAX_CREATE_BODY_BYTES as u64)
             }
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 Self::UnsupportedMediaType("expected `Content-Type: application/json`".into())

@@ -11,7 +11,7 @@ use super::auth::Tenant;
 use super::error::ApiError;
 use super::wire::{IngestResponse, RejectedLine};
 use crate::app::AppState;
-use crate::ingest::body::{ContentEncoding, body_reader};
+use crate::ingest::body::{BodyStop, ContentEncoding, body_reader};
 use crate::ingest::pipeline::{IngestError, IngestTarget, ingest};
 use crate::ingest::seal::{SealOutcome, seal_if_complete};
 use crate::ingest::summary::IngestSummary;
@@ -44,6 +44,20 @@ fn content_encoding(headers: &HeaderMap) -> Result<ContentEncoding, ApiError> {
         .ok_or_else(|| ApiError::UnsupportedEncoding(raw.unwrap_or_default().to_owned()))
 }
 
+/// A body announced larger than the wire cap is refused before a byte of it is read.
+fn check_declared_length(headers: &HeaderMap, max_encoded_bytes: u64) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max_encoded_bytes => {
+            Err(ApiError::BodyTooLarge(max_encoded_bytes))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub async fn stream_items(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -53,6 +67,15 @@ pub async fn stream_items(
     let (parts, body) = request.into_parts();
     check_content_type(&parts.headers)?;
     let encoding = content_encoding(&parts.headers)?;
+    check_declared_length(&parts.headers, state.config.max_encoded_body_bytes)?;
+    // Shed load before any work: a stream turned away here has had nothing read.
+    let _permit = state
+        .shield
+        .admit(state.config.ingest_concurrency)
+        .map_err(|overload| {
+            crate::metrics::request_shed("overloaded");
+            ApiError::Overloaded(overload)
+        })?;
     let batch = state.find_batch(&tenant, &id).await?;
     if batch.sealed {
         // Nothing can be added to a sealed batch: answer without reading the body.
@@ -70,15 +93,22 @@ pub async fn stream_items(
         queue: state.queue.clone(),
         payloads: state.payloads.clone(),
     };
-    let (summary, result) =
-        ingest(body_reader(body, encoding), &target, state.ingest_limits()).await;
+    let reader = body_reader(body, encoding, state.body_limits(), state.stream_stop());
+    let (summary, result) = ingest(reader, &target, state.ingest_limits()).await;
+    summary.record_metrics();
     let body_error = match result {
         Ok(()) => None,
         Err(IngestError::Dependency(error)) => return Err(error.into()),
         // The items read before the body broke are kept; the batch may even be complete now.
         Err(IngestError::Body(error)) => Some(error),
     };
-    let outcome = seal_if_complete(state.store.as_ref(), state.queue.as_ref(), &batch).await?;
+    let outcome = seal_if_complete(
+        state.store.as_ref(),
+        state.queue.as_ref(),
+        &batch,
+        summary.taken_after,
+    )
+    .await?;
     if let Some(current) = &outcome.unsealed {
         // Aborted while this stream ran: what was read is kept, but the batch will never seal.
         match state.effective_status(current, now_millis()) {
@@ -86,11 +116,14 @@ pub async fn stream_items(
             other => return Err(ApiError::BatchNotPending(other.as_str())),
         }
     }
+    let body = response(&batch, &summary, &outcome);
     if let Some(error) = body_error {
         tracing::info!(batch = %batch.id, accepted = summary.accepted, error = %error, "stream ended early");
-        return Err(ApiError::UnreadableBody(error.to_string()));
+        return Err(match BodyStop::of(&error) {
+            Some(stop) => ApiError::StreamStopped(stop, Box::new(body)),
+            None => ApiError::UnreadableBody(error.to_string()),
+        });
     }
-    let body = response(&batch, &summary, &outcome);
     if summary.rejected_total > 0 {
         return Err(ApiError::ItemsRejected(Box::new(body)));
     }

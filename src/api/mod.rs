@@ -1,24 +1,29 @@
 //! HTTP: the router, one module per resource, the error mapping and the auth extractor.
 
+pub mod admission;
 pub mod auth;
 pub mod batches;
 pub mod error;
 pub mod health;
 pub mod items;
+pub mod rate_limit;
 pub mod wire;
 
 use std::any::Any;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::Request;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use self::error::ApiError;
 use crate::app::AppState;
@@ -47,9 +52,32 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::Internal.into_response()
 }
 
+/// Counts every request by route, method and status, and times it (a stream: until its answer).
+async fn record_request(request: Request<Body>, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    crate::metrics::http_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
 pub fn router(state: AppState) -> Router {
-    let create =
-        post(batches::create_batch).layer(DefaultBodyLimit::max(batches::MAX_CREATE_BODY_BYTES));
+    let create = post(batches::create_batch)
+        .layer(DefaultBodyLimit::max(batches::MAX_CREATE_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit_creates,
+        ));
     Router::new()
         .route("/api/v3/batches", create)
         .route("/api/v3/batches/{id}", get(batches::get_batch))
@@ -61,7 +89,13 @@ pub fn router(state: AppState) -> Router {
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        // One line per answered request at the default level, with its request id.
+                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                )
+                .layer(middleware::from_fn(record_request))
                 .layer(CatchPanicLayer::custom(panic_response)),
         )
         .with_state(state)

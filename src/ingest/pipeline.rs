@@ -9,6 +9,7 @@
 //! and enqueued before the next line is read.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{FutureExt, Stream, StreamExt};
@@ -16,10 +17,11 @@ use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead;
 
 use super::framer::{Frame, FrameKind, NdjsonDecoder};
-use super::item::{Decoded, LineRules, Rejection, decode_frame};
+use super::item::{Decoded, LineCode, LineRules, Rejection, decode_frame};
 use super::stored::{OFFLOADED_PAYLOAD_TYPE, StoredFailure, StoredItem, to_json};
 use super::summary::IngestSummary;
 use crate::dependency::DependencyError;
+use crate::metrics;
 use crate::payloads::{PayloadStore, payload_key};
 use crate::queue::{ItemQueue, QueuedItem};
 
@@ -60,7 +62,8 @@ pub struct IngestTarget {
 
 /// What one line turned into once its payload (if large) is offloaded.
 enum Step {
-    Enqueue(QueuedItem),
+    /// An item to store, with the code of its failure if it is a failed item.
+    Enqueue(QueuedItem, Option<LineCode>),
     Reject(Rejection),
 }
 
@@ -110,9 +113,10 @@ async fn run(
         for rejection in batch.rejections {
             summary.record_rejection(rejection);
         }
-        for (failed, newly_stored) in batch.stored {
-            summary.record_enqueued(failed, newly_stored);
+        for (failure, newly_stored) in batch.stored {
+            summary.record_enqueued(failure, newly_stored);
         }
+        summary.record_taken(batch.taken_after);
         if let Some(error) = batch.error {
             return Err(error);
         }
@@ -145,14 +149,15 @@ where
 
 fn step_bytes(step: &Result<Step, IngestError>) -> usize {
     match step {
-        Ok(Step::Enqueue(item)) => item.body.len(),
+        Ok(Step::Enqueue(item, _)) => item.body.len(),
         _ => 0,
     }
 }
 
-/// What one enqueue call did: (failed, newly stored) per item, and why the stream must stop.
+/// What one enqueue call did: (failure code, newly stored) per item, and why the stream must stop.
 struct EnqueuedBatch {
-    stored: Vec<(bool, bool)>,
+    stored: Vec<(Option<LineCode>, bool)>,
+    taken_after: Option<u64>,
     rejections: Vec<Rejection>,
     error: Option<IngestError>,
 }
@@ -162,21 +167,29 @@ async fn enqueue_batch(
     target: &IngestTarget,
 ) -> EnqueuedBatch {
     let mut items = Vec::with_capacity(steps.len());
+    let mut failures = Vec::with_capacity(steps.len());
     let mut rejections = Vec::new();
     let mut error = None;
     for step in steps {
         match step {
-            Ok(Step::Enqueue(item)) => items.push(item),
+            Ok(Step::Enqueue(item, failure)) => {
+                items.push(item);
+                failures.push(failure);
+            }
             Ok(Step::Reject(rejection)) => rejections.push(rejection),
             Err(stopped) => error = Some(stopped),
         }
     }
     // Items prepared before an error are still enqueued: nothing read is thrown away.
+    let mut taken_after = None;
     let stored = if items.is_empty() {
         Vec::new()
     } else {
         match target.queue.enqueue(&target.batch_id, &items).await {
-            Ok(stored) => items.iter().map(|item| item.failed).zip(stored).collect(),
+            Ok(enqueued) => {
+                taken_after = enqueued.taken_after;
+                failures.into_iter().zip(enqueued.stored).collect()
+            }
             Err(failed) => {
                 error = Some(failed.into());
                 Vec::new()
@@ -185,6 +198,7 @@ async fn enqueue_batch(
     };
     EnqueuedBatch {
         stored,
+        taken_after,
         rejections,
         error,
     }
@@ -198,11 +212,11 @@ async fn prepare(
     limits: IngestLimits,
     target: &IngestTarget,
 ) -> Result<Step, IngestError> {
-    let (index, body, failed) = match decode_frame(&frame, emit_position, rules) {
+    let (index, body, failure) = match decode_frame(&frame, emit_position, rules) {
         Decoded::Rejected(rejection) => return Ok(Step::Reject(rejection)),
         Decoded::Failed { index, failure } => {
             let body = to_json(&StoredFailure::new(&failure, frame.line_number));
-            (index, body, true)
+            (index, body, Some(failure.code))
         }
         Decoded::Valid {
             index,
@@ -223,18 +237,21 @@ async fn prepare(
                 let key = payload_key(&target.batch_id, index);
                 // The payload's bytes are a slice of the line: no copy on the way out.
                 let payload_bytes = line.slice_ref(raw.get().as_bytes());
+                let started = Instant::now();
                 target.payloads.put(&key, payload_bytes).await?;
+                metrics::offload_latency(started.elapsed());
                 reference =
                     serde_json::value::to_raw_value(&key).expect("a string always serialises");
                 item.payload = Some(&reference);
                 item.payload_type = OFFLOADED_PAYLOAD_TYPE;
             }
-            (index, to_json(&item), false)
+            (index, to_json(&item), None)
         }
     };
-    Ok(Step::Enqueue(QueuedItem {
+    let item = QueuedItem {
         index,
-        failed,
+        failed: failure.is_some(),
         body: Bytes::from(body),
-    }))
+    };
+    Ok(Step::Enqueue(item, failure))
 }

@@ -18,14 +18,27 @@ pub struct SealOutcome {
     pub unsealed: Option<Batch>,
 }
 
+/// Seals the batch if every index is taken. `taken_hint` is a count of taken indexes the caller
+/// already saw (from its last enqueue); when it shows the batch complete, no progress read is needed.
 pub async fn seal_if_complete(
     store: &dyn BatchStore,
     queue: &dyn ItemQueue,
     batch: &Batch,
+    taken_hint: Option<u64>,
 ) -> Result<SealOutcome, DependencyError> {
-    let progress = queue.progress(&batch.id).await?;
+    let run_count = u64::from(batch.run_count);
+    let progress = match taken_hint {
+        // Indexes are never untaken, so a complete count stays complete. The failed count is
+        // only shown on unsealed answers, which a complete batch does not give.
+        Some(taken) if taken >= run_count => Progress {
+            enqueued: taken,
+            failed: 0,
+        },
+        _ => queue.progress(&batch.id).await?,
+    };
     let complete = progress.enqueued == u64::from(batch.run_count);
     if complete && store.seal(&batch.id, now_millis()).await? {
+        crate::metrics::batch_sealed();
         return Ok(SealOutcome {
             sealed: true,
             progress,

@@ -2,6 +2,7 @@
 //! the shutdown token is cancelled.
 
 mod expire;
+mod rate_buckets;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -9,5 +10,10 @@ use tokio_util::sync::CancellationToken;
 use crate::app::AppState;
 
 pub fn spawn(state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(expire::run(state, shutdown))
+    tokio::spawn(async move {
+        tokio::join!(
+            expire::run(state.clone(), shutdown.clone()),
+            rate_buckets::run(state, shutdown),
+        );
+    })
 }

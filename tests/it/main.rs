@@ -3,5 +3,8 @@
 
 mod batches;
 mod ingest;
+mod limits;
+mod observability;
 mod send;
+mod shutdown;
 mod support;

@@ -38,6 +38,8 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub queue: Arc<dyn ItemQueue>,
     pub payloads: Arc<dyn PayloadStore>,
+    /// Where `/metrics` is served, when the configuration asked for it.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     _data_dir: tempfile::TempDir,
 }
@@ -77,6 +79,10 @@ impl TestServer {
                 .await
                 .expect("the S3 bucket is reachable");
         }
+        let metrics_addr = app
+            .metrics_listener
+            .as_ref()
+            .map(|listener| listener.local_addr().unwrap());
         let queue = app.queue.clone();
         let payloads = app.payloads.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -88,9 +94,15 @@ impl TestServer {
             client: reqwest::Client::new(),
             queue,
             payloads,
+            metrics_addr,
             shutdown,
             _data_dir: data_dir,
         }
+    }
+
+    /// Starts the server's shutdown, as SIGTERM does.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -158,6 +170,22 @@ impl TestServer {
         into_parts(response).await
     }
 
+    /// Waits until at least `count` items of the batch are enqueued (10 s at most).
+    pub async fn wait_for_enqueued(&self, id: &str, count: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let progress = self.queue.progress(id).await.unwrap();
+            if progress.enqueued >= count {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never reached {count} items: {progress:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The item stored at an index, as JSON.
     pub async fn stored_item(&self, id: &str, index: u32) -> Option<Value> {
         let body = self.queue.item(id, index).await.unwrap()?;
@@ -199,4 +227,13 @@ pub fn chunked(body: &[u8], step: usize) -> Vec<Vec<u8>> {
 pub fn endless_body(first: Vec<u8>) -> Body {
     let first = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
     Body::wrap_stream(first.chain(futures::stream::pending()))
+}
+
+/// A chunked body fed through a channel: the test decides when each chunk goes and when the body
+/// ends (dropping the sender). Until then the server waits for more.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Vec<u8>>, Body) {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let chunks = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+        .map(|chunk| Ok::<_, std::io::Error>(Bytes::from(chunk)));
+    (sender, Body::wrap_stream(chunks))
 }

@@ -15,7 +15,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::dependency::DependencyError;
-use crate::queue::{IndexRange, ItemQueue, Progress, QueuedItem, missing_ranges};
+use crate::queue::{Enqueued, IndexRange, ItemQueue, Progress, QueuedItem, missing_ranges};
 
 /// How long a Redis call may take before the request answers 503 instead of hanging.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,9 +108,9 @@ impl ItemQueue for RedisQueue {
         &self,
         batch_id: &str,
         items: &[QueuedItem],
-    ) -> Result<Vec<bool>, DependencyError> {
+    ) -> Result<Enqueued, DependencyError> {
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Enqueued::default());
         }
         let keys = BatchKeys::new(batch_id);
         let mut stores = redis::pipe();
@@ -121,7 +121,11 @@ impl ItemQueue for RedisQueue {
                 .arg(item.index)
                 .arg(item.body.as_ref());
         }
-        let stored: Vec<bool> = stores.query_async(&mut self.connection.clone()).await?;
+        // The count after this call's writes rides along in the same round trip.
+        stores.cmd("HLEN").arg(&keys.items);
+        let mut replies: Vec<u64> = stores.query_async(&mut self.connection.clone()).await?;
+        let taken_after = replies.pop();
+        let stored: Vec<bool> = replies.into_iter().map(|reply| reply == 1).collect();
         // Recorded after the items are stored: a crash in between can only undercount failures.
         let failed: Vec<u32> = items
             .iter()
@@ -137,7 +141,10 @@ impl ItemQueue for RedisQueue {
             }
             let _: () = record.query_async(&mut self.connection.clone()).await?;
         }
-        Ok(stored)
+        Ok(Enqueued {
+            stored,
+            taken_after,
+        })
     }
 
     async fn progress(&self, batch_id: &str) -> Result<Progress, DependencyError> {

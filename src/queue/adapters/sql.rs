@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::dependency::DependencyError;
-use crate::queue::{IndexRange, ItemQueue, Progress, QueuedItem};
+use crate::queue::{Enqueued, IndexRange, ItemQueue, Progress, QueuedItem};
 use crate::store::adapters::{PostgresStore, SqliteStore};
 
 /// SQLite binds at most 32 766 values per statement; 4 per item.
@@ -68,8 +68,12 @@ macro_rules! impl_sql_item_queue {
                 &self,
                 batch_id: &str,
                 items: &[QueuedItem],
-            ) -> Result<Vec<bool>, DependencyError> {
-                self.insert_items(batch_id, items).await
+            ) -> Result<Enqueued, DependencyError> {
+                Ok(Enqueued {
+                    stored: self.insert_items(batch_id, items).await?,
+                    // Counting would cost a scan of the batch's rows on every call.
+                    taken_after: None,
+                })
             }
 
             async fn progress(&self, batch_id: &str) -> Result<Progress, DependencyError> {

@@ -1,0 +1,141 @@
+//! Prometheus metrics: every metric Sluice records, by name, and the `/metrics` listener.
+//!
+//! Recording goes through the `metrics` facade, so it costs next to nothing when no listener is
+//! configured (no recorder is installed then). Names and labels are listed here and nowhere else.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::dependency::DependencyError;
+
+/// Latency buckets in seconds, from a local write to a slow object store.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// How often histograms are compacted while nobody scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle.
+fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Only fails if another recorder was installed first, which Sluice never does.
+            metrics::set_global_recorder(recorder).ok();
+            handle
+        })
+        .clone()
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let handle = install();
+    let upkeep = {
+        let handle = handle.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = interval.tick() => handle.run_upkeep(),
+                }
+            }
+        })
+    };
+    let router = Router::new().route("/metrics", get(move || async move { handle.render() }));
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    upkeep.await.ok();
+    served
+}
+
+/// Binds the metrics listener, so a bad address stops the server at start.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+    let labels = [
+        ("route", route.to_owned()),
+        ("method", method.to_owned()),
+        ("status", status.to_string()),
+    ];
+    counter!("sluice_http_requests_total", &labels).increment(1);
+    histogram!(
+        "sluice_http_request_duration_seconds",
+        "route" => route.to_owned(),
+        "method" => method.to_owned()
+    )
+    .record(elapsed.as_secs_f64());
+}
+
+/// Items by outcome: `accepted`, `deduplicated`, `failed` (stored as failed items) or `rejected`.
+pub fn items(outcome: &'static str, count: u64) {
+    if count > 0 {
+        counter!("sluice_items_total", "outcome" => outcome).increment(count);
+    }
+}
+
+/// A failed or rejected item, by its error code.
+pub fn item_error(outcome: &'static str, code: &'static str) {
+    counter!("sluice_item_errors_total", "outcome" => outcome, "code" => code).increment(1);
+}
+
+/// Phase 2 body bytes, as sent (`wire`) or after decompression (`decoded`).
+pub fn body_bytes(kind: &'static str, bytes: u64) {
+    counter!("sluice_body_bytes_total", "kind" => kind).increment(bytes);
+}
+
+pub fn offload_latency(elapsed: Duration) {
+    histogram!("sluice_offload_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+pub fn batch_sealed() {
+    counter!("sluice_batches_sealed_total").increment(1);
+}
+
+pub fn streams_in_flight(delta: f64) {
+    gauge!("sluice_streams_in_flight").increment(delta);
+}
+
+/// Item slots held by streams: each stream holds STREAMING_BATCH_INGEST_CONCURRENCY, the most
+/// items it can have in flight, for its whole life.
+pub fn item_slots_in_use(delta: f64) {
+    gauge!("sluice_item_slots_in_use").increment(delta);
+}
+
+/// A request turned away before any work: `overloaded` (503), `rate_limited` (429).
+pub fn request_shed(reason: &'static str) {
+    counter!("sluice_requests_shed_total", "reason" => reason).increment(1);
+}
+
+pub fn dependency_error(error: &DependencyError) {
+    let kind = if error.is_unavailable() {
+        "unavailable"
+    } else {
+        "failed"
+    };
+    counter!(
+        "sluice_dependency_errors_total",
+        "dependency" => error.dependency().label(),
+        "kind" => kind
+    )
+    .increment(1);
+}

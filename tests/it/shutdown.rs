@@ -1,0 +1,88 @@
+//! Graceful shutdown: no new connections, streams in flight finish within the grace period, and a
+//! stream still running at its end answers 503 with every item it enqueued kept.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use rstest::rstest;
+
+use crate::support::{Mode, TestServer, channel_body, into_parts, ndjson};
+
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::production(Mode::Production)]
+#[tokio::test]
+async fn a_stream_that_ends_within_the_grace_period_is_answered_normally(#[case] mode: Mode) {
+    let server = TestServer::start_with(mode, |config| config.shutdown_grace_ms = 10_000).await;
+    let id = server.new_batch(10).await;
+    let (sender, body) = channel_body();
+    sender.send(ndjson(0..5)).await.unwrap();
+    let stream = tokio::spawn(server.items_request(&id).body(body).send());
+    server.wait_for_enqueued(&id, 5).await;
+
+    server.shut_down();
+    // New connections are refused once shutdown has begun.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reqwest::Client::new()
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "still accepting connections");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    sender.send(ndjson(5..10)).await.unwrap();
+    drop(sender);
+    let (status, body) = into_parts(stream.await.unwrap().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["itemsAccepted"], 10);
+    assert_eq!(body["sealed"], true);
+}
+
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::production(Mode::Production)]
+#[tokio::test]
+async fn a_stream_still_running_after_the_grace_period_is_503_and_keeps_its_items(
+    #[case] mode: Mode,
+) {
+    let server = TestServer::start_with(mode, |config| config.shutdown_grace_ms = 300).await;
+    let id = server.new_batch(10).await;
+    let (sender, body) = channel_body();
+    sender.send(ndjson(0..5)).await.unwrap();
+    let stream = tokio::spawn(server.items_request(&id).body(body).send());
+    server.wait_for_enqueued(&id, 5).await;
+
+    let started = Instant::now();
+    server.shut_down();
+    let response = tokio::time::timeout(Duration::from_secs(10), stream)
+        .await
+        .expect("the stream was stopped after the grace period")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(response.headers()["retry-after"], "1");
+    let (status, body) = into_parts(response).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "SHUTTING_DOWN");
+    assert_eq!(body["itemsAccepted"], 5);
+    for index in 0..5 {
+        assert!(
+            server.stored_item(&id, index).await.is_some(),
+            "index {index}"
+        );
+    }
+    drop(sender);
+
+    if mode == Mode::Production {
+        // Another node on the same backends completes the batch from the client's retry.
+        let other = TestServer::start(mode).await;
+        let (status, body) = other.stream(&id, ndjson(0..10)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["itemsAccepted"], 5);
+        assert_eq!(body["itemsDeduplicated"], 5);
+        assert_eq!(body["sealed"], true);
+    }
+}
