@@ -72,8 +72,9 @@ impl From<sqlx::Error> for DependencyError {
         use sqlx::Error::*;
         let transient = match &error {
             Io(_) | Tls(_) | PoolTimedOut | PoolClosed | WorkerCrashed | Protocol(_) => true,
-            // SQLite answers "database is locked" under write contention beyond busy_timeout.
-            Database(db) => db.code().is_some_and(|code| code == "5" || code == "6"),
+            Database(db) => db
+                .code()
+                .is_some_and(|code| is_transient_database_code(&code)),
             _ => false,
         };
         if transient {
@@ -82,6 +83,16 @@ impl From<sqlx::Error> for DependencyError {
             Self::failed(Dependency::Database, error)
         }
     }
+}
+
+/// Database error codes that mean "not now" rather than "never".
+///
+/// SQLite: busy (5) and locked (6), under write contention beyond busy_timeout. Postgres
+/// (SQLSTATE): connection exceptions (class 08), too many connections (53300), and the server
+/// ending sessions because it is shutting down (57P01: a query running during `pg_ctl stop` gets
+/// this), crashed (57P02) or is still starting up or recovering (57P03).
+fn is_transient_database_code(code: &str) -> bool {
+    matches!(code, "5" | "6" | "53300" | "57P01" | "57P02" | "57P03") || code.starts_with("08")
 }
 
 impl From<redis::RedisError> for DependencyError {
@@ -95,6 +106,24 @@ impl From<redis::RedisError> for DependencyError {
             Self::unavailable(Dependency::Redis, error)
         } else {
             Self::failed(Dependency::Redis, error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient_database_code;
+
+    #[test]
+    fn shutdown_and_connection_codes_are_transient_constraint_errors_are_not() {
+        for code in [
+            "5", "6", "08006", "08001", "53300", "57P01", "57P02", "57P03",
+        ] {
+            assert!(is_transient_database_code(code), "{code}");
+        }
+        // Unique violation, syntax error, SQLite constraint: retrying will not help.
+        for code in ["23505", "42601", "19", "22P02"] {
+            assert!(!is_transient_database_code(code), "{code}");
         }
     }
 }

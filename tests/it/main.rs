@@ -3,5 +3,6 @@
 
 mod batches;
 mod ingest;
+mod outage;
 mod send;
 mod support;
