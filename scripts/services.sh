@@ -67,3 +67,17 @@ start_s3() {
   curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" || { log "s3s-fs did not start"; cat "$S3_ROOT.log" >&2; exit 1; }
 }
 
+
+# The fault tests (tests/it/outage.rs) start, stop and restart their own Redis, Postgres and
+# s3s-fs on other ports, never the shared ones above. This exports where those programs are.
+export_private_service_programs() {
+  command -v redis-server >/dev/null || apt_install redis-server
+  local pg_bin; pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$pg_bin" ] || { apt_install postgresql; pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1); }
+  export SLUICE_TEST_REDIS_SERVER; SLUICE_TEST_REDIS_SERVER=$(command -v redis-server)
+  export SLUICE_TEST_POSTGRES_BIN="$pg_bin"
+  export SLUICE_TEST_S3S_FS; SLUICE_TEST_S3S_FS=$(command -v s3s-fs)
+  # Postgres refuses to run as root: as root, the tests run it as the `postgres` account.
+  export SLUICE_TEST_POSTGRES_RUN_AS=
+  if [ "$(id -u)" = 0 ]; then SLUICE_TEST_POSTGRES_RUN_AS="$(id -u postgres):$(id -g postgres)"; fi
+}

@@ -83,8 +83,9 @@ impl From<sqlx::Error> for DependencyError {
         use sqlx::Error::*;
         let transient = match &error {
             Io(_) | Tls(_) | PoolTimedOut | PoolClosed | WorkerCrashed | Protocol(_) => true,
-            // SQLite answers "database is locked" under write contention beyond busy_timeout.
-            Database(db) => db.code().is_some_and(|code| code == "5" || code == "6"),
+            Database(db) => db
+                .code()
+                .is_some_and(|code| is_transient_database_code(&code)),
             _ => false,
         };
         if transient {
@@ -95,6 +96,26 @@ impl From<sqlx::Error> for DependencyError {
     }
 }
 
+/// Database error codes that mean "not now" rather than "never".
+///
+/// SQLite: busy (5) and locked (6), under write contention beyond busy_timeout. Postgres
+/// (SQLSTATE): connection exceptions (class 08), too many connections (53300), and the server
+/// ending sessions because it is shutting down (57P01: a query running during `pg_ctl stop` gets
+/// this), crashed (57P02) or is still starting up or recovering (57P03).
+fn is_transient_database_code(code: &str) -> bool {
+    matches!(code, "5" | "6" | "53300" | "57P01" | "57P02" | "57P03") || code.starts_with("08")
+}
+
+/// A Redis that is still loading its data after a restart (`LOADING`), or whose primary is down
+/// (`MASTERDOWN`), answers again soon: worth a retry.
+fn redis_is_restarting(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown)
+    )
+}
+
 impl From<redis::RedisError> for DependencyError {
     fn from(error: redis::RedisError) -> Self {
         if error.is_io_error()
@@ -102,10 +123,29 @@ impl From<redis::RedisError> for DependencyError {
             || error.is_connection_refusal()
             || error.is_timeout()
             || error.is_cluster_error()
+            || redis_is_restarting(&error)
         {
             Self::unavailable(Dependency::Redis, error)
         } else {
             Self::failed(Dependency::Redis, error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient_database_code;
+
+    #[test]
+    fn shutdown_and_connection_codes_are_transient_constraint_errors_are_not() {
+        for code in [
+            "5", "6", "08006", "08001", "53300", "57P01", "57P02", "57P03",
+        ] {
+            assert!(is_transient_database_code(code), "{code}");
+        }
+        // Unique violation, syntax error, SQLite constraint: retrying will not help.
+        for code in ["23505", "42601", "19", "22P02"] {
+            assert!(!is_transient_database_code(code), "{code}");
         }
     }
 }

@@ -5,6 +5,7 @@ mod batches;
 mod ingest;
 mod limits;
 mod observability;
+mod outage;
 mod send;
 mod shutdown;
 mod support;

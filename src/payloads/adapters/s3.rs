@@ -43,6 +43,8 @@ impl S3PayloadStore {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(2))
             .operation_attempt_timeout(Duration::from_secs(30))
+            // Caps a call with all its retries, so a stuck server costs a request at most this.
+            .operation_timeout(Duration::from_secs(60))
             .build();
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(settings.force_path_style)
