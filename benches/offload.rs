@@ -1,6 +1,12 @@
 //! Latency-bound offload: with a payload store that takes a fixed 10 ms per object, `n` items at
 //! concurrency `c` should take within 10% of the ideal `ceil(n/c) × 10 ms`.
 //!
+//! Two store models run side by side:
+//! - `exact`: the target's store, exactly 10 ms per object and nothing else (a thread sleep on the
+//!   blocking pool, which is precise to tens of microseconds; payloads kept in memory);
+//! - `tokio+files`: `tokio::time::sleep(10 ms)` (about 11.1 ms on tokio's 1 ms timer wheel), then
+//!   a real write through `FsPayloadStore`: what a real, fast store adds on top.
+//!
 //! `cargo bench --bench offload`; with `SLUICE_BENCH_REDIS_URL` set the Redis queue is measured
 //! too. The real pipeline (`ingest::pipeline::ingest`) reads an in-memory NDJSON body whose every
 //! payload is over the offload threshold; payloads go through [`DelayedPayloads`] to files, items to
@@ -23,7 +29,7 @@ use sluice::ingest::pipeline::{IngestLimits, IngestTarget, ingest};
 use sluice::payloads::PayloadStore;
 use sluice::payloads::adapters::FsPayloadStore;
 use sluice::queue::adapters::RedisQueue;
-use sluice::queue::{IndexRange, ItemQueue, Progress, QueuedItem};
+use sluice::queue::{Enqueued, IndexRange, ItemQueue, Progress, QueuedItem};
 use sluice::store::adapters::SqliteStore;
 
 /// What every offload costs on top of the real store: a latency-bound object store.
@@ -50,9 +56,29 @@ struct PutTiming {
     finished: Instant,
 }
 
-/// A payload store that waits [`OFFLOAD_DELAY`] before each write, then writes to files.
+/// How [`DelayedPayloads`] spends its time on each object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreModel {
+    /// Exactly [`OFFLOAD_DELAY`], payload kept in memory.
+    Exact,
+    /// `tokio::time::sleep(OFFLOAD_DELAY)`, then a write to files.
+    TokioSleepThenFiles,
+}
+
+impl StoreModel {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::TokioSleepThenFiles => "tokio+files",
+        }
+    }
+}
+
+/// A payload store that takes [`OFFLOAD_DELAY`] per object, as its model says.
 struct DelayedPayloads {
+    model: StoreModel,
     files: FsPayloadStore,
+    memory: Mutex<std::collections::HashMap<String, Bytes>>,
     puts: Mutex<Vec<PutTiming>>,
 }
 
@@ -66,9 +92,24 @@ impl DelayedPayloads {
 impl PayloadStore for DelayedPayloads {
     async fn put(&self, key: &str, body: Bytes) -> Result<(), DependencyError> {
         let started = Instant::now();
-        tokio::time::sleep(OFFLOAD_DELAY).await;
+        match self.model {
+            StoreModel::Exact => {
+                tokio::task::spawn_blocking(|| std::thread::sleep(OFFLOAD_DELAY))
+                    .await
+                    .expect("a sleep does not panic");
+            }
+            StoreModel::TokioSleepThenFiles => tokio::time::sleep(OFFLOAD_DELAY).await,
+        }
         let slept = Instant::now();
-        self.files.put(key, body).await?;
+        match self.model {
+            StoreModel::Exact => {
+                self.memory
+                    .lock()
+                    .expect("never poisoned")
+                    .insert(key.to_owned(), body);
+            }
+            StoreModel::TokioSleepThenFiles => self.files.put(key, body).await?,
+        }
         let timing = PutTiming {
             started,
             slept,
@@ -79,7 +120,15 @@ impl PayloadStore for DelayedPayloads {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, DependencyError> {
-        self.files.get(key).await
+        match self.model {
+            StoreModel::Exact => Ok(self
+                .memory
+                .lock()
+                .expect("never poisoned")
+                .get(key)
+                .cloned()),
+            StoreModel::TokioSleepThenFiles => self.files.get(key).await,
+        }
     }
 
     async fn ping(&self) -> Result<(), DependencyError> {
@@ -112,7 +161,7 @@ impl ItemQueue for TimedQueue {
         &self,
         batch_id: &str,
         items: &[QueuedItem],
-    ) -> Result<Vec<bool>, DependencyError> {
+    ) -> Result<Enqueued, DependencyError> {
         let started = Instant::now();
         let stored = self.queue.enqueue(batch_id, items).await?;
         let took = started.elapsed();
@@ -283,7 +332,12 @@ impl Bench {
 
     /// Removes a run's payload files and, in Redis, its keys, so repeated runs do not pile up.
     async fn clean_up(&self, backend: &Backend, batch_id: &str) -> BenchResult<()> {
-        tokio::fs::remove_dir_all(self.payload_root.join("batches").join(batch_id)).await?;
+        match self.payloads.model {
+            StoreModel::Exact => self.payloads.memory.lock().expect("never poisoned").clear(),
+            StoreModel::TokioSleepThenFiles => {
+                tokio::fs::remove_dir_all(self.payload_root.join("batches").join(batch_id)).await?
+            }
+        }
         if let Some(client) = &backend.redis {
             let mut connection = client.get_multiplexed_async_connection().await?;
             let _: () = redis::cmd("DEL")
@@ -299,8 +353,9 @@ impl Bench {
         // Warms the file system, the database and the connection pool.
         self.run_once(backend, 200, 50).await?;
         println!(
-            "\nqueue: {}, {RUNS} runs per scenario (put = mean offload: delay + file write; \
+            "\nstore: {}, queue: {}, {RUNS} runs per scenario (put = mean offload: delay + file write; \
              vs put = ideal at the measured put / median; refill = mean time a freed slot sat empty)",
+            self.payloads.model.name(),
             backend.name
         );
         println!(
@@ -322,14 +377,20 @@ impl Bench {
             for _ in 0..RUNS {
                 runs.push(self.run_once(backend, items, concurrency).await?);
             }
-            report(backend.name, items, concurrency, &runs);
+            report(
+                self.payloads.model.name(),
+                backend.name,
+                items,
+                concurrency,
+                &runs,
+            );
         }
         Ok(())
     }
 }
 
 /// Prints one scenario as a table row and as a JSON line: medians over the runs.
-fn report(queue: &str, items: usize, concurrency: usize, runs: &[Run]) {
+fn report(store: &str, queue: &str, items: usize, concurrency: usize, runs: &[Run]) {
     let of = |metric: fn(&Run) -> Duration| median(runs.iter().map(metric).collect());
     let wall = of(|run| run.wall);
     let min_wall = runs.iter().map(|run| run.wall).min().expect("RUNS > 0");
@@ -358,6 +419,7 @@ fn report(queue: &str, items: usize, concurrency: usize, runs: &[Run]) {
         "{}",
         serde_json::json!({
             "bench": "offload",
+            "store": store,
             "queue": queue,
             "n": items,
             "c": concurrency,
@@ -463,16 +525,21 @@ fn main() -> BenchResult<()> {
             .tempdir_in(scratch_parent())?;
         println!("files and SQLite under {}", scratch.path().display());
         let payload_root = scratch.path().join("payloads");
-        let bench = Bench {
-            payloads: Arc::new(DelayedPayloads {
-                files: FsPayloadStore::open(&payload_root).await?,
-                puts: Mutex::new(Vec::new()),
-            }),
-            payload_root,
-        };
         measure_sleep().await;
-        for backend in connect_backends(scratch.path()).await? {
-            bench.run_scenarios(&backend).await?;
+        let backends = connect_backends(scratch.path()).await?;
+        for model in [StoreModel::Exact, StoreModel::TokioSleepThenFiles] {
+            let bench = Bench {
+                payloads: Arc::new(DelayedPayloads {
+                    model,
+                    files: FsPayloadStore::open(&payload_root).await?,
+                    memory: Mutex::new(std::collections::HashMap::new()),
+                    puts: Mutex::new(Vec::new()),
+                }),
+                payload_root: payload_root.clone(),
+            };
+            for backend in &backends {
+                bench.run_scenarios(backend).await?;
+            }
         }
         Ok(())
     })

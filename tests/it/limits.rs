@@ -79,6 +79,18 @@ async fn a_stream_beyond_the_node_bounds_is_503_before_its_body_is_read(
     assert_eq!(body["sealed"], true);
 }
 
+/// Phase 1 for one item, answered whole (headers included).
+async fn create_one(server: &TestServer) -> reqwest::Response {
+    server
+        .client
+        .post(server.url("/api/v3/batches"))
+        .bearer_auth(crate::support::KEY)
+        .json(&json!({ "runCount": 1 }))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_tenant_over_its_create_rate_gets_429_and_others_do_not() {
     let server = TestServer::start_with(Mode::Embedded, |config| {
@@ -87,26 +99,12 @@ async fn a_tenant_over_its_create_rate_gets_429_and_others_do_not() {
     })
     .await;
     for remaining in ["1", "0"] {
-        let response = server
-            .client
-            .post(server.url("/api/v3/batches"))
-            .bearer_auth(crate::support::KEY)
-            .json(&json!({ "runCount": 1 }))
-            .send()
-            .await
-            .unwrap();
+        let response = create_one(&server).await;
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         assert_eq!(response.headers()["x-ratelimit-limit"], "2");
         assert_eq!(response.headers()["x-ratelimit-remaining"], remaining);
     }
-    let response = server
-        .client
-        .post(server.url("/api/v3/batches"))
-        .bearer_auth(crate::support::KEY)
-        .json(&json!({ "runCount": 1 }))
-        .send()
-        .await
-        .unwrap();
+    let response = create_one(&server).await;
     let headers = response.headers().clone();
     let (status, body) = into_parts(response).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
