@@ -3,11 +3,13 @@
 //! Field names follow the trigger.dev v3 batch API so its SDK clients work unchanged; Sluice only
 //! adds fields.
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateBatchRequest {
+    #[serde(deserialize_with = "json_integer")]
     pub run_count: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_identifiers: Option<Vec<String>>,
@@ -17,6 +19,25 @@ pub struct CreateBatchRequest {
     pub parent_run_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_parent_on_completion: Option<bool>,
+}
+
+/// A JSON integer as JSON Schema reads one: `3.0` is the integer 3, so a client whose JSON encoder
+/// writes whole numbers with a fraction is not turned away. Serde's `i64` would reject it.
+fn json_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    const I64_RANGE: std::ops::RangeInclusive<f64> = i64::MIN as f64..=i64::MAX as f64;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(integer) = number.as_i64() {
+        return Ok(integer);
+    }
+    match number.as_f64() {
+        Some(value) if value.fract() == 0.0 && I64_RANGE.contains(&value) => Ok(value as i64),
+        Some(value) if value.fract() == 0.0 => Err(D::Error::custom(format!(
+            "the integer {number} is out of range"
+        ))),
+        _ => Err(D::Error::custom(format!(
+            "expected an integer, got {number}"
+        ))),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,4 +120,35 @@ pub struct HealthResponse {
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_count(body: &str) -> Result<i64, String> {
+        serde_json::from_str::<CreateBatchRequest>(body)
+            .map(|request| request.run_count)
+            .map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn run_count_is_any_json_integer() {
+        assert_eq!(run_count(r#"{"runCount":3}"#), Ok(3));
+        assert_eq!(run_count(r#"{"runCount":3.0}"#), Ok(3));
+        assert_eq!(run_count(r#"{"runCount":2e3}"#), Ok(2000));
+        assert_eq!(run_count(r#"{"runCount":-1}"#), Ok(-1));
+        assert!(
+            run_count(r#"{"runCount":2.5}"#)
+                .unwrap_err()
+                .contains("expected an integer")
+        );
+        assert!(
+            run_count(r#"{"runCount":1e40}"#)
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(run_count(r#"{"runCount":"3"}"#).is_err());
+        assert!(run_count(r#"{}"#).is_err());
+    }
 }
