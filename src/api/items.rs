@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::Tenant;
+use super::batches::BatchId;
 use super::error::ApiError;
 use super::wire::{IngestResponse, RejectedLine};
 use crate::app::AppState;
@@ -61,7 +62,7 @@ fn check_declared_length(headers: &HeaderMap, max_encoded_bytes: u64) -> Result<
 pub async fn stream_items(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
-    Path(id): Path<String>,
+    BatchId(id): BatchId,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();

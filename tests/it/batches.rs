@@ -261,3 +261,25 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape(#[case] mode: Mode
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED");
 }
+
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::production(Mode::Production)]
+#[tokio::test]
+async fn text_postgres_cannot_hold_gets_clear_errors_not_500(#[case] mode: Mode) {
+    let server = TestServer::start(mode).await;
+    let (status, body) = server
+        .create(json!({ "runCount": 1, "idempotencyKey": "a\u{0}b" }))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "INVALID_REQUEST");
+
+    for id in ["batch_%00", "batch_%FF"] {
+        let (status, body) = server.batch(id).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{id}: {body}");
+        assert_eq!(body["error"]["code"], "BATCH_NOT_FOUND");
+        let (status, body) = server.stream(id, ndjson(0..1)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{id}: {body}");
+        assert_eq!(body["error"]["code"], "BATCH_NOT_FOUND");
+    }
+}
