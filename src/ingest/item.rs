@@ -104,10 +104,19 @@ pub fn decode_frame(frame: &Frame, emit_position: u64, rules: LineRules) -> Deco
 }
 
 fn decode_line(bytes: &[u8], line: u64, emit_position: u64, rules: LineRules) -> Decoded<'_> {
+    // Checked for the whole line up front: serde skips the strings of unknown keys without
+    // validating them, so invalid UTF-8 there would otherwise pass as a valid item.
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        let failure = ItemFailure {
+            code: LineCode::InvalidJson,
+            message: "line is not valid UTF-8".to_owned(),
+        };
+        return failed_at_probed_index(bytes, line, emit_position, failure, rules);
+    };
     let starts_an_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     if !starts_an_object {
         // Serde would read a JSON array as the item's fields in order; only objects are items.
-        let failure = match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        let failure = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
             Ok(_) => ItemFailure {
                 code: LineCode::InvalidItem,
                 message: "item must be a JSON object".to_owned(),
@@ -119,12 +128,10 @@ fn decode_line(bytes: &[u8], line: u64, emit_position: u64, rules: LineRules) ->
         };
         return failed_at_probed_index(bytes, line, emit_position, failure, rules);
     }
-    let item: WireItem<'_> = match serde_json::from_slice(bytes) {
+    let item: WireItem<'_> = match serde_json::from_str(text) {
         Ok(item) => item,
         Err(error) => {
-            let (code, message) = if std::str::from_utf8(bytes).is_err() {
-                (LineCode::InvalidJson, "line is not valid UTF-8".to_owned())
-            } else if error.is_data() {
+            let (code, message) = if error.is_data() {
                 (LineCode::InvalidItem, format!("item is not valid: {error}"))
             } else {
                 (
@@ -328,9 +335,16 @@ mod tests {
 
     #[test]
     fn bad_lines_become_failed_items_at_their_index_or_emit_position() {
-        let cases: [(&[u8], u32, LineCode); 8] = [
+        let cases: [(&[u8], u32, LineCode); 10] = [
             (br#"{"index":4,"task":"t""#, 4, LineCode::InvalidJson),
             (b"{\"index\":2,\"task\":\"\xff\"}", 2, LineCode::InvalidJson),
+            // Invalid UTF-8 under a key Sluice ignores, or in a line that is not an object.
+            (
+                b"{\"index\":5,\"task\":\"t\",\"note\":\"\xff\"}",
+                5,
+                LineCode::InvalidJson,
+            ),
+            (b"[1,\"\xff\"]", 7, LineCode::InvalidJson),
             (br#"{"index":6}"#, 6, LineCode::InvalidItem),
             (br#"{"index":6,"task":""}"#, 6, LineCode::InvalidItem),
             (br#"[1,2]"#, 7, LineCode::InvalidItem),
