@@ -43,15 +43,28 @@ fn required_env(name: &str) -> String {
     })
 }
 
-pub struct TestServer {
+/// HTTP access to a running server: its base URL and the requests the tests make.
+pub struct Api {
     pub base: String,
     pub client: reqwest::Client,
+}
+
+pub struct TestServer {
+    api: Api,
     pub queue: Arc<dyn ItemQueue>,
     pub payloads: Arc<dyn PayloadStore>,
     /// Where `/metrics` is served, when the configuration asked for it.
     pub metrics_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     _data_dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Drop for TestServer {
@@ -100,8 +113,7 @@ impl TestServer {
         let shutdown = CancellationToken::new();
         tokio::spawn(serve(app, listener, shutdown.clone()));
         Self {
-            base,
-            client: reqwest::Client::new(),
+            api: Api::new(base),
             queue,
             payloads,
             metrics_addr,
@@ -113,6 +125,37 @@ impl TestServer {
     /// Starts the server's shutdown, as SIGTERM does.
     pub fn shut_down(&self) {
         self.shutdown.cancel();
+    }
+
+    /// Waits until at least `count` items of the batch are enqueued (10 s at most).
+    pub async fn wait_for_enqueued(&self, id: &str, count: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let progress = self.queue.progress(id).await.unwrap();
+            if progress.enqueued >= count {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never reached {count} items: {progress:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The item stored at an index, as JSON.
+    pub async fn stored_item(&self, id: &str, index: u32) -> Option<Value> {
+        let body = self.queue.item(id, index).await.unwrap()?;
+        Some(serde_json::from_slice(&body).unwrap())
+    }
+}
+
+impl Api {
+    pub fn new(base: String) -> Self {
+        Self {
+            base,
+            client: reqwest::Client::new(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -178,28 +221,6 @@ impl TestServer {
             .await
             .unwrap();
         into_parts(response).await
-    }
-
-    /// Waits until at least `count` items of the batch are enqueued (10 s at most).
-    pub async fn wait_for_enqueued(&self, id: &str, count: u64) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let progress = self.queue.progress(id).await.unwrap();
-            if progress.enqueued >= count {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never reached {count} items: {progress:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The item stored at an index, as JSON.
-    pub async fn stored_item(&self, id: &str, index: u32) -> Option<Value> {
-        let body = self.queue.item(id, index).await.unwrap()?;
-        Some(serde_json::from_slice(&body).unwrap())
     }
 }
 
@@ -631,9 +652,16 @@ impl Drop for PrivatePostgres {
 /// `sluice serve` run as a child process, so a test can kill it with SIGKILL and start it again
 /// on the same backends.
 pub struct ServerProcess {
-    pub base: String,
-    pub client: reqwest::Client,
+    api: Api,
     process: Child,
+}
+
+impl std::ops::Deref for ServerProcess {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl ServerProcess {
@@ -679,8 +707,7 @@ impl ServerProcess {
         // Keep reading its log, so the pipe never fills and blocks it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self {
-            base: format!("http://{address}"),
-            client: reqwest::Client::new(),
+            api: Api::new(format!("http://{address}")),
             process,
         }
     }
@@ -689,47 +716,6 @@ impl ServerProcess {
     pub async fn kill(mut self) {
         self.process.start_kill().expect("SIGKILL the server");
         self.process.wait().await.expect("the killed server exits");
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    pub async fn new_batch(&self, run_count: u32) -> String {
-        let response = self
-            .client
-            .post(self.url("/api/v3/batches"))
-            .bearer_auth(KEY)
-            .json(&json!({ "runCount": run_count }))
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = into_parts(response).await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-        body["id"].as_str().unwrap().to_owned()
-    }
-
-    pub fn items_request(&self, id: &str) -> reqwest::RequestBuilder {
-        self.client
-            .post(self.url(&format!("/api/v3/batches/{id}/items")))
-            .bearer_auth(KEY)
-            .header("content-type", "application/x-ndjson")
-    }
-
-    pub async fn stream(&self, id: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let response = self.items_request(id).body(body).send().await.unwrap();
-        into_parts(response).await
-    }
-
-    pub async fn batch(&self, id: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .get(self.url(&format!("/api/v3/batches/{id}")))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap();
-        into_parts(response).await
     }
 }
 
