@@ -52,7 +52,7 @@ impl App {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
         let metrics_listener = match config.metrics_listen {
-            Some(address) => Some(crate::metrics::bind(address).await?),
+            Some(address) => Some(TcpListener::bind(address).await?),
             None => None,
         };
         let (keys, dev_key) = match (&config.api_keys, config.is_embedded()) {

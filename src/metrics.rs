@@ -3,7 +3,6 @@
 //! Recording goes through the `metrics` facade, so it costs next to nothing when no listener is
 //! configured (no recorder is installed then). Names and labels are listed here and nowhere else.
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -64,11 +63,6 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::i
         .await;
     upkeep.await.ok();
     served
-}
-
-/// Binds the metrics listener, so a bad address stops the server at start.
-pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address).await
 }
 
 pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
