@@ -1,10 +1,9 @@
 //! Framer throughput against its ceiling: a plain `memchr` newline scan of the same bytes.
 //!
-//! `cargo bench --bench framer`. The framer is fed 64 KiB reads, as the server reads a body: each
-//! read is copied into the framer's buffer, as `FramedRead` does, and every frame is built and
-//! dropped, as the pipeline would. `read_copy_only` is that copy alone and
-//! `read_copy_and_line_search` the copy plus one `memchr` per line: the floor under any framer fed
-//! by `FramedRead`, before the cost of a frame (a reference-counted `Bytes` per line).
+//! `cargo bench --bench framer`. The framer is fed the body as 64 KiB reads (`Bytes`), as the
+//! server hands it the chunks hyper or the decompressor made, and every frame is taken, as the
+//! pipeline takes it. `line_search_only` is one `memchr` per line and nothing else: the floor under
+//! any framer that hands out one line at a time.
 //!
 //! Groups:
 //! - `framing`: 200 000 item lines of ~150 bytes.
@@ -14,10 +13,9 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::ingest::framer::NdjsonDecoder;
-use tokio_util::codec::Decoder;
+use sluice::ingest::framer::LineFramer;
 
 const READ_BYTES: usize = 64 * 1024;
 const MAX_LINE_BYTES: usize = 3_145_728;
@@ -48,94 +46,74 @@ fn blank_body(bytes: usize, shapes: &[&[u8]]) -> Vec<u8> {
     body
 }
 
-/// Frames `reads` in order, as `FramedRead` would; returns how many frames came out.
-fn frame<'a>(reads: impl Iterator<Item = &'a [u8]>) -> usize {
-    let mut decoder = NdjsonDecoder::new(MAX_LINE_BYTES);
-    let mut buffer = BytesMut::with_capacity(2 * READ_BYTES);
+/// `body` cut into reads of `READ_BYTES`, sharing its buffer as hyper's chunks share theirs.
+fn reads(body: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    (0..body.len())
+        .step_by(READ_BYTES)
+        .map(|start| body.slice(start..(start + READ_BYTES).min(body.len())))
+}
+
+/// Frames `reads` in order, as the pipeline does; returns how many frames came out.
+fn frame(reads: impl Iterator<Item = Bytes>) -> usize {
+    let mut framer = LineFramer::new(MAX_LINE_BYTES);
     let mut frames = 0;
     for read in reads {
-        buffer.extend_from_slice(read);
-        while decoder
-            .decode(&mut buffer)
-            .expect("framing never fails")
-            .is_some()
-        {
+        framer.push(read);
+        while framer.next_frame().is_some() {
             frames += 1;
         }
     }
-    while decoder
-        .decode_eof(&mut buffer)
-        .expect("framing never fails")
-        .is_some()
-    {
+    while framer.finish().is_some() {
         frames += 1;
     }
     frames
 }
 
-/// Only the copy of each read into a buffer, which framing cannot avoid behind `AsyncRead`.
-fn copy_reads<'a>(reads: impl Iterator<Item = &'a [u8]>) -> usize {
-    let mut buffer = BytesMut::with_capacity(2 * READ_BYTES);
-    let mut copied = 0;
-    for read in reads {
-        buffer.extend_from_slice(read);
-        copied += std::hint::black_box(&buffer).len();
-        buffer.clear();
-    }
-    copied
-}
-
-/// The copy plus finding each line's end, one `memchr` per line, and nothing else: what any
-/// framer behind `FramedRead` pays before it makes a single frame.
-fn copy_reads_and_find_lines<'a>(reads: impl Iterator<Item = &'a [u8]>) -> usize {
-    let mut buffer = BytesMut::with_capacity(2 * READ_BYTES);
+/// Finding each line's end, one `memchr` per line, and nothing else.
+fn find_lines(body: &[u8]) -> usize {
+    let mut start = 0;
     let mut lines = 0;
-    for read in reads {
-        buffer.extend_from_slice(read);
-        let mut start = 0;
-        while let Some(offset) = memchr::memchr(b'\n', &buffer[start..]) {
-            start = std::hint::black_box(start + offset + 1);
-            lines += 1;
-        }
-        buffer.advance(start);
+    while let Some(offset) = memchr::memchr(b'\n', &body[start..]) {
+        start = std::hint::black_box(start + offset + 1);
+        lines += 1;
     }
     lines
 }
 
 fn bench_item_lines(c: &mut Criterion) {
-    let body = item_body(200_000);
-    assert_eq!(frame(body.chunks(READ_BYTES)), 200_000);
+    let body = Bytes::from(item_body(200_000));
+    assert_eq!(frame(reads(&body)), 200_000);
     let mut group = c.benchmark_group("framing");
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("ndjson_decoder", |b| {
-        b.iter(|| frame(std::hint::black_box(&body).chunks(READ_BYTES)))
+        b.iter(|| frame(reads(std::hint::black_box(&body))))
     });
     group.bench_function("memchr_newline_scan", |b| {
         b.iter(|| memchr::memchr_iter(b'\n', std::hint::black_box(&body)).count())
     });
-    group.bench_function("read_copy_only", |b| {
-        b.iter(|| copy_reads(std::hint::black_box(&body).chunks(READ_BYTES)))
-    });
-    group.bench_function("read_copy_and_line_search", |b| {
-        b.iter(|| copy_reads_and_find_lines(std::hint::black_box(&body).chunks(READ_BYTES)))
+    group.bench_function("line_search_only", |b| {
+        b.iter(|| find_lines(std::hint::black_box(&body)))
     });
     group.finish();
 }
 
 fn bench_blank_lines(c: &mut Criterion) {
     const BYTES: usize = 4 << 20;
-    let newlines = blank_body(BYTES, &[b"\n"]);
-    let mixed = blank_body(BYTES, &[b"\n", b"\r\n", b"  \r\n", b"\t\n", b"\n\n"]);
-    assert_eq!(frame(newlines.chunks(READ_BYTES)), 0);
-    assert_eq!(frame(mixed.chunks(READ_BYTES)), 0);
+    let newlines = Bytes::from(blank_body(BYTES, &[b"\n"]));
+    let mixed = Bytes::from(blank_body(
+        BYTES,
+        &[b"\n", b"\r\n", b"  \r\n", b"\t\n", b"\n\n"],
+    ));
+    assert_eq!(frame(reads(&newlines)), 0);
+    assert_eq!(frame(reads(&mixed)), 0);
     let mut group = c.benchmark_group("blank_lines");
     group.sample_size(10);
     group.throughput(Throughput::Bytes(BYTES as u64));
     group.bench_function("ndjson_decoder_newlines", |b| {
-        b.iter(|| frame(std::hint::black_box(&newlines).chunks(READ_BYTES)))
+        b.iter(|| frame(reads(std::hint::black_box(&newlines))))
     });
     group.bench_function("ndjson_decoder_mixed_white_space", |b| {
-        b.iter(|| frame(std::hint::black_box(&mixed).chunks(READ_BYTES)))
+        b.iter(|| frame(reads(std::hint::black_box(&mixed))))
     });
     group.bench_function("memchr_newline_scan", |b| {
         b.iter(|| memchr::memchr_iter(b'\n', std::hint::black_box(&newlines)).count())
@@ -145,13 +123,13 @@ fn bench_blank_lines(c: &mut Criterion) {
 
 fn bench_two_gib_of_newlines(c: &mut Criterion) {
     const READS: usize = 32_768;
-    let chunk = vec![b'\n'; READ_BYTES];
+    let chunk = Bytes::from(vec![b'\n'; READ_BYTES]);
     let mut group = c.benchmark_group("two_gib_of_newlines");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Bytes((READS * READ_BYTES) as u64));
     group.bench_function("ndjson_decoder", |b| {
-        b.iter(|| frame(std::iter::repeat_n(std::hint::black_box(&chunk[..]), READS)))
+        b.iter(|| frame(std::iter::repeat_n(std::hint::black_box(&chunk), READS).cloned()))
     });
     group.finish();
 }

@@ -31,6 +31,7 @@ use sluice::payloads::adapters::FsPayloadStore;
 use sluice::queue::adapters::RedisQueue;
 use sluice::queue::{Enqueued, IndexRange, ItemQueue, Progress, QueuedItem};
 use sluice::store::adapters::SqliteStore;
+use tokio_util::io::ReaderStream;
 
 /// What every offload costs on top of the real store: a latency-bound object store.
 const OFFLOAD_DELAY: Duration = Duration::from_millis(10);
@@ -300,7 +301,9 @@ impl Bench {
         backend.queue.take_enqueues();
 
         let started = Instant::now();
-        let (summary, result) = ingest(body.as_slice(), &target, limits).await;
+        // Read in 64 KiB pieces, as the server reads a decompressed body.
+        let reads = ReaderStream::with_capacity(body.as_slice(), 64 * 1024);
+        let (summary, result) = ingest(reads, &target, limits).await;
         let finished = Instant::now();
 
         result?;

@@ -1,5 +1,5 @@
 //! Fuzzes the NDJSON framer and the item decoder together: arbitrary bytes, cut into arbitrary
-//! reads, framed the way `FramedRead` frames a request body, then every frame decoded as an item.
+//! reads, framed the way the pipeline frames a request body, then every frame decoded as an item.
 //!
 //! What must hold, whatever the input (each one is asserted, so a violation is a crash):
 //! - nothing panics;
@@ -16,10 +16,9 @@
 //!   same index as the whole line, or nothing.
 #![no_main]
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
-use tokio_util::codec::Decoder;
 
 /// Sluice's framer and item decoder, compiled from its sources rather than through the `sluice`
 /// crate, whose AWS SDK and SQL dependencies would otherwise be built with the sanitizer too.
@@ -32,7 +31,7 @@ mod ingest {
     pub mod stored;
 }
 
-use ingest::framer::{Frame, FrameKind, NdjsonDecoder};
+use ingest::framer::{Frame, FrameKind, LineFramer};
 use ingest::index_probe::{Probe, probe_index};
 use ingest::item::{Decoded, LineCode, LineRules, decode_frame};
 use ingest::stored::OFFLOADED_PAYLOAD_TYPE;
@@ -66,26 +65,35 @@ fuzz_target!(|data: &[u8]| {
     let Some(input) = Input::parse(data) else {
         return;
     };
-    let frames = frame_in_reads(&input);
-    let expected = expected_frames(input.body, input.max_line_bytes, input.head_bytes);
-    assert_eq!(frames, expected);
     let rules = LineRules {
         run_count: input.run_count,
         max_line_bytes: input.max_line_bytes,
     };
-    for (emit_position, frame) in frames.iter().enumerate() {
-        check_item(frame, emit_position as u64, rules);
-    }
+    let frames = frame_in_reads(&input, rules);
+    let expected = expected_frames(input.body, input.max_line_bytes, input.head_bytes);
+    assert_eq!(frames, expected);
 });
 
-/// Frames the body as `FramedRead` would, checking the memory bound after every call.
-fn frame_in_reads(input: &Input<'_>) -> Vec<Frame> {
-    let mut decoder = NdjsonDecoder::with_head_bytes(input.max_line_bytes, input.head_bytes);
-    let mut buf = BytesMut::new();
+/// A frame kept past the next one: its line number, its bytes (or an oversized line's head), and
+/// an oversized line's length.
+type Owned = (u64, Vec<u8>, Option<u64>);
+
+/// Checks `frame` decodes as SPEC §2 says, and keeps it to compare.
+fn check_and_keep(frame: Frame<'_>, emit_position: u64, rules: LineRules) -> Owned {
+    check_item(&frame, emit_position, rules);
+    match frame.kind {
+        FrameKind::Line(line) => (frame.line_number, line.bytes().to_vec(), None),
+        FrameKind::Oversized { head, length } => (frame.line_number, head.to_vec(), Some(length)),
+    }
+}
+
+/// Frames the body one read at a time, as the pipeline does, checking the memory bound after
+/// every call.
+fn frame_in_reads(input: &Input<'_>, rules: LineRules) -> Vec<Owned> {
+    let mut framer = LineFramer::with_head_bytes(input.max_line_bytes, input.head_bytes);
     let mut frames = Vec::new();
     let mut reads = input.reads.iter().cycle();
     let mut rest = input.body;
-    let held = |decoder: &NdjsonDecoder, buf: &BytesMut| buf.len() + decoder.held_bytes();
     while !rest.is_empty() {
         let size = match reads.next() {
             Some(&0) | None => rest.len(),
@@ -93,23 +101,23 @@ fn frame_in_reads(input: &Input<'_>) -> Vec<Frame> {
         };
         let (read, after) = rest.split_at(size);
         rest = after;
-        buf.extend_from_slice(read);
-        let limit = decoder.max_buffered_bytes() + read.len();
-        while let Some(frame) = decoder.decode(&mut buf).expect("framing never fails") {
-            assert!(held(&decoder, &buf) < limit);
-            frames.push(frame);
+        framer.push(Bytes::copy_from_slice(read));
+        let limit = framer.max_buffered_bytes() + read.len();
+        while let Some(frame) = framer.next_frame() {
+            frames.push(check_and_keep(frame, frames.len() as u64, rules));
+            assert!(framer.held_bytes() < limit);
         }
-        assert!(held(&decoder, &buf) < decoder.max_buffered_bytes());
+        assert!(framer.held_bytes() < framer.max_buffered_bytes());
     }
-    while let Some(frame) = decoder.decode_eof(&mut buf).expect("framing never fails") {
-        frames.push(frame);
+    while let Some(frame) = framer.finish() {
+        frames.push(check_and_keep(frame, frames.len() as u64, rules));
     }
-    assert_eq!(held(&decoder, &buf), 0);
+    assert_eq!(framer.held_bytes(), 0);
     frames
 }
 
 /// The frames SPEC §2 asks for, from the whole body at once, written as plainly as possible.
-fn expected_frames(body: &[u8], max: usize, head_bytes: usize) -> Vec<Frame> {
+fn expected_frames(body: &[u8], max: usize, head_bytes: usize) -> Vec<Owned> {
     let mut lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
     // What follows the last `\n` is an unterminated last line, or nothing.
     if lines.last().is_some_and(|line| line.is_empty()) {
@@ -121,17 +129,12 @@ fn expected_frames(body: &[u8], max: usize, head_bytes: usize) -> Vec<Frame> {
         if line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
             continue;
         }
-        let kind = if line.len() > max {
-            FrameKind::Oversized {
-                head: Bytes::copy_from_slice(&line[..head_bytes.min(max)]),
-                length: line.len() as u64,
-            }
+        let line_number = index as u64 + 1;
+        frames.push(if line.len() > max {
+            let head = line[..head_bytes.min(max)].to_vec();
+            (line_number, head, Some(line.len() as u64))
         } else {
-            FrameKind::Line(Bytes::copy_from_slice(line))
-        };
-        frames.push(Frame {
-            line_number: index as u64 + 1,
-            kind,
+            (line_number, line.to_vec(), None)
         });
     }
     frames
@@ -144,9 +147,9 @@ struct IndexOf {
     index: i64,
 }
 
-fn check_item(frame: &Frame, emit_position: u64, rules: LineRules) {
-    let bytes = match &frame.kind {
-        FrameKind::Line(line) => line,
+fn check_item(frame: &Frame<'_>, emit_position: u64, rules: LineRules) {
+    let bytes = match frame.kind {
+        FrameKind::Line(line) => line.bytes(),
         FrameKind::Oversized { head, .. } => head,
     };
     let probe = probe_index(bytes);

@@ -12,7 +12,7 @@ use super::batches::BatchId;
 use super::error::ApiError;
 use super::wire::{IngestResponse, RejectedLine};
 use crate::app::AppState;
-use crate::ingest::body::{BodyStop, ContentEncoding, body_reader};
+use crate::ingest::body::{BodyStop, ContentEncoding, body_reads};
 use crate::ingest::pipeline::{IngestError, IngestTarget, ingest};
 use crate::ingest::seal::{SealOutcome, seal_if_complete};
 use crate::ingest::summary::IngestSummary;
@@ -94,8 +94,8 @@ pub async fn stream_items(
         queue: state.queue.clone(),
         payloads: state.payloads.clone(),
     };
-    let reader = body_reader(body, encoding, state.body_limits(), state.stream_stop());
-    let (summary, result) = ingest(reader, &target, state.ingest_limits()).await;
+    let reads = body_reads(body, encoding, state.body_limits(), state.stream_stop());
+    let (summary, result) = ingest(reads, &target, state.ingest_limits()).await;
     summary.record_metrics();
     let body_error = match result {
         Ok(()) => None,

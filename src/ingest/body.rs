@@ -1,7 +1,8 @@
-//! The request body as a byte reader: decompressed on the fly when `Content-Encoding` asks for it,
-//! and bounded in size (on the wire and decoded), in idle time, and by server shutdown.
+//! The request body as a stream of reads (`Bytes`): decompressed on the fly when `Content-Encoding`
+//! asks for it, and bounded in size (on the wire and decoded), in idle time, and by server shutdown.
+//! An identity body's reads are the chunks hyper hands over, framed where they lie, never copied.
 //!
-//! A bound that trips ends the reader with an error carrying a [`BodyStop`]; everything read
+//! A bound that trips ends the stream with an error carrying a [`BodyStop`]; everything read
 //! before it has already gone through the pipeline and stays enqueued.
 
 use std::future::Future;
@@ -14,9 +15,8 @@ use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use axum::body::{Body, BodyDataStream};
 use bytes::Bytes;
 use futures::Stream;
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::Sleep;
-use tokio_util::io::StreamReader;
+use tokio_util::io::{ReaderStream, StreamReader};
 
 /// A `Content-Encoding` Sluice can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,41 +75,45 @@ pub struct BodyLimits {
     pub idle_timeout: Duration,
 }
 
-pub type BodyReader = Box<dyn AsyncRead + Send + Unpin>;
+/// The body's reads, decoded.
+pub type BodyReads = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Size of a read of decompressed bytes.
+const DECODED_READ_BYTES: usize = 64 * 1024;
 
 /// A future that resolves when the server wants streams to stop reading.
 pub type StopSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The body's bytes, decoded, read lazily as the client sends them, within `limits`; reading ends
-/// with [`BodyStop::ShuttingDown`] once `stop` resolves.
-pub fn body_reader(
+/// The body's reads, decoded, taken lazily as the client sends them, within `limits`; reading
+/// ends with [`BodyStop::ShuttingDown`] once `stop` resolves.
+pub fn body_reads(
     body: Body,
     encoding: ContentEncoding,
     limits: BodyLimits,
     stop: StopSignal,
-) -> BodyReader {
-    let wire = StreamReader::new(GuardedBody {
+) -> BodyReads {
+    let wire = GuardedBody {
         inner: body.into_data_stream(),
         read: 0,
         limits,
         idle: None,
         stop,
-    });
-    let decoded: BodyReader = match encoding {
-        ContentEncoding::Identity => Box::new(wire),
+    };
+    let decoded: BodyReads = match encoding {
+        ContentEncoding::Identity => Box::pin(wire),
         ContentEncoding::Gzip => {
-            let mut decoder = GzipDecoder::new(wire);
+            let mut decoder = GzipDecoder::new(StreamReader::new(wire));
             // `cat a.gz b.gz` is a valid gzip stream; read every member.
             decoder.multiple_members(true);
-            Box::new(decoder)
+            Box::pin(ReaderStream::with_capacity(decoder, DECODED_READ_BYTES))
         }
         ContentEncoding::Zstd => {
-            let mut decoder = ZstdDecoder::new(wire);
+            let mut decoder = ZstdDecoder::new(StreamReader::new(wire));
             decoder.multiple_members(true);
-            Box::new(decoder)
+            Box::pin(ReaderStream::with_capacity(decoder, DECODED_READ_BYTES))
         }
     };
-    Box::new(DecodedLimit {
+    Box::pin(DecodedLimit {
         inner: decoded,
         read: 0,
         max: limits.max_decoded_bytes,
@@ -168,24 +172,23 @@ impl Drop for GuardedBody {
 
 /// The decoded body with its byte cap: a zip bomb stops here, however well it compressed.
 struct DecodedLimit {
-    inner: BodyReader,
+    inner: BodyReads,
     read: u64,
     max: u64,
 }
 
-impl AsyncRead for DecodedLimit {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        self.read += (buf.filled().len() - before) as u64;
-        if self.read > self.max {
-            return Poll::Ready(Err(BodyStop::DecodedTooLarge(self.max).into()));
+impl Stream for DecodedLimit {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let read = ready!(self.inner.as_mut().poll_next(cx));
+        if let Some(Ok(bytes)) = &read {
+            self.read += bytes.len() as u64;
+            if self.read > self.max {
+                return Poll::Ready(Some(Err(BodyStop::DecodedTooLarge(self.max).into())));
+            }
         }
-        Poll::Ready(Ok(()))
+        Poll::Ready(read)
     }
 }
 
@@ -197,7 +200,7 @@ impl Drop for DecodedLimit {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncReadExt;
+    use futures::StreamExt;
 
     use super::*;
 
@@ -213,16 +216,15 @@ mod tests {
         Box::pin(std::future::pending())
     }
 
-    async fn read_all(mut reader: BodyReader) -> (Vec<u8>, io::Result<()>) {
+    async fn read_all(mut reads: BodyReads) -> (Vec<u8>, io::Result<()>) {
         let mut out = Vec::new();
-        let mut chunk = [0u8; 1024];
-        loop {
-            match reader.read(&mut chunk).await {
-                Ok(0) => return (out, Ok(())),
-                Ok(n) => out.extend_from_slice(&chunk[..n]),
+        while let Some(read) = reads.next().await {
+            match read {
+                Ok(bytes) => out.extend_from_slice(&bytes),
                 Err(error) => return (out, Err(error)),
             }
         }
+        (out, Ok(()))
     }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -235,7 +237,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_within_both_caps_reads_whole() {
         let body = Body::from(vec![b'x'; 100]);
-        let (read, result) = read_all(body_reader(
+        let (read, result) = read_all(body_reads(
             body,
             ContentEncoding::Identity,
             limits(100, 100),
@@ -249,7 +251,7 @@ mod tests {
     #[tokio::test]
     async fn the_wire_cap_stops_an_identity_body() {
         let body = Body::from(vec![b'x'; 101]);
-        let (_, result) = read_all(body_reader(
+        let (_, result) = read_all(body_reads(
             body,
             ContentEncoding::Identity,
             limits(100, 1000),
@@ -266,7 +268,7 @@ mod tests {
     async fn the_decoded_cap_stops_a_small_gzip_bomb_early() {
         let bomb = gzip(&vec![b'\n'; 4 << 20]);
         assert!(bomb.len() < 16 << 10, "4 MiB of newlines gzip to a few KiB");
-        let (read, result) = read_all(body_reader(
+        let (read, result) = read_all(body_reads(
             Body::from(bomb),
             ContentEncoding::Gzip,
             limits(1 << 20, 1 << 20),
@@ -286,7 +288,7 @@ mod tests {
         let (sender, receiver) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(1);
         sender.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
         let body = Body::from_stream(tokio_stream_from(receiver));
-        let mut reader = body_reader(
+        let mut reads = body_reads(
             body,
             ContentEncoding::Identity,
             BodyLimits {
@@ -295,10 +297,9 @@ mod tests {
             },
             never(),
         );
-        let mut buf = [0u8; 16];
-        assert_eq!(reader.read(&mut buf).await.unwrap(), 3);
+        assert_eq!(reads.next().await.unwrap().unwrap(), "abc");
         let started = tokio::time::Instant::now();
-        let error = reader.read(&mut buf).await.unwrap_err();
+        let error = reads.next().await.unwrap().unwrap_err();
         assert_eq!(BodyStop::of(&error), Some(BodyStop::Idle(500)));
         assert_eq!(started.elapsed(), Duration::from_millis(500));
         drop(sender);
@@ -308,13 +309,13 @@ mod tests {
     async fn the_stop_signal_ends_reading() {
         let (_sender, receiver) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(1);
         let body = Body::from_stream(tokio_stream_from(receiver));
-        let mut reader = body_reader(
+        let mut reads = body_reads(
             body,
             ContentEncoding::Identity,
             limits(1000, 1000),
             Box::pin(async {}),
         );
-        let error = reader.read(&mut [0u8; 16]).await.unwrap_err();
+        let error = reads.next().await.unwrap().unwrap_err();
         assert_eq!(BodyStop::of(&error), Some(BodyStop::ShuttingDown));
     }
 

@@ -87,9 +87,9 @@ pub struct LineRules {
 }
 
 /// Decodes one frame. `emit_position` is the 0-based count of frames before it.
-pub fn decode_frame(frame: &Frame, emit_position: u64, rules: LineRules) -> Decoded<'_> {
-    match &frame.kind {
-        FrameKind::Line(bytes) => decode_line(bytes, frame.line_number, emit_position, rules),
+pub fn decode_frame<'a>(frame: &Frame<'a>, emit_position: u64, rules: LineRules) -> Decoded<'a> {
+    match frame.kind {
+        FrameKind::Line(line) => decode_line(line.bytes(), frame.line_number, emit_position, rules),
         FrameKind::Oversized { head, length } => {
             let failure = ItemFailure {
                 code: LineCode::PayloadTooLarge,
@@ -283,17 +283,16 @@ fn failed_at_probed_index(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     const RULES: LineRules = LineRules {
         run_count: 10,
         max_line_bytes: 64,
     };
 
-    fn line(text: &[u8]) -> Frame {
+    fn line(text: &[u8]) -> Frame<'_> {
         Frame {
             line_number: 5,
-            kind: FrameKind::Line(Bytes::copy_from_slice(text)),
+            kind: FrameKind::Line(text.into()),
         }
     }
 
@@ -392,13 +391,12 @@ mod tests {
 
     #[test]
     fn oversized_line_uses_probed_index_or_emit_position() {
-        let oversized = |head: &[u8]| Frame {
-            line_number: 1,
-            kind: FrameKind::Oversized {
-                head: Bytes::copy_from_slice(head),
-                length: 100,
-            },
-        };
+        fn oversized(head: &[u8]) -> Frame<'_> {
+            Frame {
+                line_number: 1,
+                kind: FrameKind::Oversized { head, length: 100 },
+            }
+        }
         let readable = oversized(br#"{"index":8,"payload":"xxxx"#);
         assert_eq!(
             failure_of(decode_frame(&readable, 2, RULES)),

@@ -1,8 +1,11 @@
 //! Runs one Phase 2 body through the pipeline:
 //!
 //! ```text
-//! body → frames (lazy) → decode + offload (buffer_unordered(concurrency)) → enqueue (micro-batched)
+//! body → frames (lazy) → decode → offload (buffer_unordered(concurrency)) → enqueue (micro-batched)
 //! ```
+//!
+//! A line is decoded as it is framed (the framer lends it only until the next one); only an item
+//! whose payload is offloaded keeps a slice of the read, for the payload store.
 //!
 //! Items that are ready together are enqueued in one queue call: one round trip for many items,
 //! each item still deduplicated on its own. With a concurrency of 1 every item is read, offloaded
@@ -13,10 +16,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::io::AsyncRead;
-use tokio_util::codec::FramedRead;
 
-use super::framer::{Frame, FrameKind, NdjsonDecoder};
+use super::framer::{Frame, FrameKind, map_frames};
 use super::item::{Decoded, LineCode, LineRules, Rejection, decode_frame};
 use super::stored::{OFFLOADED_PAYLOAD_TYPE, StoredFailure, StoredItem, to_json};
 use super::summary::IngestSummary;
@@ -29,8 +30,6 @@ use crate::queue::{ItemQueue, QueuedItem};
 const MAX_BYTES_PER_ENQUEUE: usize = 1 << 20;
 /// Enqueue calls in flight at once: one is sent while the next batch is prepared.
 const ENQUEUES_IN_FLIGHT: usize = 2;
-/// Read buffer of the framer; a line may need more and gets it, up to the line limit.
-const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct IngestLimits {
@@ -70,7 +69,7 @@ enum Step {
 /// Streams `body` into the batch. The summary counts everything enqueued before any error, so a
 /// caller can report it either way.
 pub async fn ingest(
-    body: impl AsyncRead + Send + Unpin,
+    body: impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     target: &IngestTarget,
     limits: IngestLimits,
 ) -> (IngestSummary, Result<(), IngestError>) {
@@ -80,23 +79,26 @@ pub async fn ingest(
 }
 
 async fn run(
-    body: impl AsyncRead + Send + Unpin,
+    body: impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin,
     target: &IngestTarget,
     limits: IngestLimits,
     summary: &mut IngestSummary,
 ) -> Result<(), IngestError> {
-    let decoder = NdjsonDecoder::new(limits.max_line_bytes);
     let rules = LineRules {
         run_count: target.run_count,
         max_line_bytes: limits.max_line_bytes,
     };
-    let steps = FramedRead::with_capacity(body, decoder, READ_BUFFER_BYTES)
-        .enumerate()
-        .map(|(emit_position, frame)| async move {
-            let frame = frame.map_err(IngestError::Body)?;
-            prepare(frame, emit_position as u64, rules, limits, target).await
-        })
-        .buffer_unordered(limits.concurrency.max(1));
+    let mut emit_position = 0;
+    let steps = map_frames(body, limits.max_line_bytes, move |frame| {
+        let prepared = prepare(frame, emit_position, rules, limits, &target.batch_id);
+        emit_position += 1;
+        prepared
+    })
+    .map(|prepared| async move {
+        let prepared = prepared.map_err(IngestError::Body)?;
+        offload(prepared, target).await
+    })
+    .buffer_unordered(limits.concurrency.max(1));
     // With a concurrency of 1 each item is enqueued before the next line is read.
     let sequential = limits.concurrency <= 1;
     let max_items = if sequential {
@@ -204,19 +206,38 @@ async fn enqueue_batch(
     }
 }
 
-/// Decodes one frame into what to enqueue, offloading a large payload first.
-async fn prepare(
-    frame: Frame,
+/// A line decoded, before any I/O.
+enum Prepared {
+    Ready(Step),
+    /// A valid item whose payload goes to the payload store first; `item` already refers to it.
+    Offload {
+        key: String,
+        payload: Bytes,
+        item: QueuedItem,
+    },
+}
+
+/// Decodes one frame into what to enqueue; a large payload is set aside for the payload store.
+fn prepare(
+    frame: Frame<'_>,
     emit_position: u64,
     rules: LineRules,
     limits: IngestLimits,
-    target: &IngestTarget,
-) -> Result<Step, IngestError> {
-    let (index, body, failure) = match decode_frame(&frame, emit_position, rules) {
-        Decoded::Rejected(rejection) => return Ok(Step::Reject(rejection)),
+    batch_id: &str,
+) -> Prepared {
+    let queued = |index, body: Vec<u8>, failure: Option<LineCode>| QueuedItem {
+        index,
+        failed: failure.is_some(),
+        body: Bytes::from(body),
+    };
+    match decode_frame(&frame, emit_position, rules) {
+        Decoded::Rejected(rejection) => Prepared::Ready(Step::Reject(rejection)),
         Decoded::Failed { index, failure } => {
             let body = to_json(&StoredFailure::new(&failure, frame.line_number));
-            (index, body, Some(failure.code))
+            Prepared::Ready(Step::Enqueue(
+                queued(index, body, Some(failure.code)),
+                Some(failure.code),
+            ))
         }
         Decoded::Valid {
             index,
@@ -231,27 +252,34 @@ async fn prepare(
                 payload_type: &payload_type,
                 options: options.as_ref(),
             };
-            let reference;
             let offload = payload.filter(|raw| raw.get().len() >= limits.offload_threshold_bytes);
-            if let (Some(raw), FrameKind::Line(line)) = (offload, &frame.kind) {
-                let key = payload_key(&target.batch_id, index);
-                // The payload's bytes are a slice of the line: no copy on the way out.
-                let payload_bytes = line.slice_ref(raw.get().as_bytes());
-                let started = Instant::now();
-                target.payloads.put(&key, payload_bytes).await?;
-                metrics::offload_latency(started.elapsed());
-                reference =
-                    serde_json::value::to_raw_value(&key).expect("a string always serialises");
-                item.payload = Some(&reference);
-                item.payload_type = OFFLOADED_PAYLOAD_TYPE;
+            let (Some(raw), FrameKind::Line(line)) = (offload, frame.kind) else {
+                return Prepared::Ready(Step::Enqueue(queued(index, to_json(&item), None), None));
+            };
+            let key = payload_key(batch_id, index);
+            let reference =
+                serde_json::value::to_raw_value(&key).expect("a string always serialises");
+            item.payload = Some(&reference);
+            item.payload_type = OFFLOADED_PAYLOAD_TYPE;
+            Prepared::Offload {
+                // The payload's bytes are a slice of the read: no copy on the way out.
+                payload: line.share(raw.get().as_bytes()),
+                item: queued(index, to_json(&item), None),
+                key,
             }
-            (index, to_json(&item), None)
         }
-    };
-    let item = QueuedItem {
-        index,
-        failed: failure.is_some(),
-        body: Bytes::from(body),
-    };
-    Ok(Step::Enqueue(item, failure))
+    }
+}
+
+/// Stores an offloaded payload; what to enqueue once it is stored.
+async fn offload(prepared: Prepared, target: &IngestTarget) -> Result<Step, IngestError> {
+    match prepared {
+        Prepared::Ready(step) => Ok(step),
+        Prepared::Offload { key, payload, item } => {
+            let started = Instant::now();
+            target.payloads.put(&key, payload).await?;
+            metrics::offload_latency(started.elapsed());
+            Ok(Step::Enqueue(item, None))
+        }
+    }
 }

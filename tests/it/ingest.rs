@@ -265,6 +265,55 @@ async fn large_payloads_are_offloaded_and_the_item_holds_the_reference(#[case] m
     );
 }
 
+/// The framer lends a line lying in one read without copying it and joins a line cut between two
+/// reads; an offloaded payload is a slice of either, and must reach the store intact.
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::production(Mode::Production)]
+#[tokio::test]
+async fn offloaded_payloads_are_intact_whether_their_line_was_cut_between_reads_or_not(
+    #[case] mode: Mode,
+) {
+    let server = TestServer::start_with(mode, |config| config.offload_threshold_bytes = 256).await;
+    let id = server.new_batch(40).await;
+    let payloads: Vec<Value> = (0..40)
+        .map(|index| json!({ "index": index, "blob": format!("{index}-").repeat(150 + index) }))
+        .collect();
+    let body: String = payloads
+        .iter()
+        .enumerate()
+        .map(|(index, payload)| {
+            format!(
+                "{}\n",
+                json!({ "index": index, "task": "t", "payload": payload })
+            )
+        })
+        .collect();
+    // Chunks shorter and longer than a line: some lines lie in one chunk, others span two or more.
+    let (_, response) = server
+        .stream_chunks(&id, chunked(body.as_bytes(), 997))
+        .await;
+    assert_sealed(&response, 40);
+    for (index, payload) in payloads.iter().enumerate() {
+        let key = format!("batches/{id}/items/{index}/payload");
+        assert_eq!(
+            server.stored_item(&id, index as u32).await.unwrap()["payload"],
+            key.as_str()
+        );
+        let object = server
+            .payloads
+            .get(&key)
+            .await
+            .unwrap()
+            .expect("payload stored");
+        assert_eq!(
+            &serde_json::from_slice::<Value>(&object).unwrap(),
+            payload,
+            "item {index}"
+        );
+    }
+}
+
 #[rstest]
 #[case::embedded(Mode::Embedded)]
 #[case::production(Mode::Production)]
