@@ -85,7 +85,7 @@ fn bench_item_lines(c: &mut Criterion) {
     assert_eq!(frame(reads(&body)), 200_000);
     let mut group = c.benchmark_group("framing");
     group.throughput(Throughput::Bytes(body.len() as u64));
-    group.bench_function("ndjson_decoder", |b| {
+    group.bench_function("line_framer", |b| {
         b.iter(|| frame(reads(std::hint::black_box(&body))))
     });
     group.bench_function("memchr_newline_scan", |b| {
@@ -109,10 +109,10 @@ fn bench_blank_lines(c: &mut Criterion) {
     let mut group = c.benchmark_group("blank_lines");
     group.sample_size(10);
     group.throughput(Throughput::Bytes(BYTES as u64));
-    group.bench_function("ndjson_decoder_newlines", |b| {
+    group.bench_function("line_framer_newlines", |b| {
         b.iter(|| frame(reads(std::hint::black_box(&newlines))))
     });
-    group.bench_function("ndjson_decoder_mixed_white_space", |b| {
+    group.bench_function("line_framer_mixed_white_space", |b| {
         b.iter(|| frame(reads(std::hint::black_box(&mixed))))
     });
     group.bench_function("memchr_newline_scan", |b| {
@@ -128,7 +128,7 @@ fn bench_two_gib_of_newlines(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Bytes((READS * READ_BYTES) as u64));
-    group.bench_function("ndjson_decoder", |b| {
+    group.bench_function("line_framer", |b| {
         b.iter(|| frame(std::iter::repeat_n(std::hint::black_box(&chunk), READS).cloned()))
     });
     group.finish();
