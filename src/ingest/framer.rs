@@ -358,16 +358,17 @@ impl LineFramer {
     /// Consumes bytes of a line being skipped, up to and including its `\n`.
     #[inline]
     fn skip(&mut self) -> Progress {
-        let rest = &self.read[self.at..];
-        let Some(skipped) = self.skipping.as_mut() else {
+        let Some(mut skipped) = self.skipping.take() else {
             return Progress::Blank;
         };
+        let rest = &self.read[self.at..];
         let Some(newline) = memchr::memchr(b'\n', rest) else {
             if let Some(&last) = rest.last() {
                 skipped.ends_with_cr = last == b'\r';
             }
             skipped.blank = skipped.blank && is_blank(rest);
             skipped.length += rest.len() as u64;
+            self.skipping = Some(skipped);
             return Progress::NeedsRead;
         };
         let cr_before_newline = match newline {
@@ -377,10 +378,7 @@ impl LineFramer {
         skipped.length = skipped.length + newline as u64 - u64::from(cr_before_newline);
         skipped.blank = skipped.blank && is_blank(&rest[..newline]);
         self.at += newline + 1;
-        match self.skipping.take() {
-            Some(skipped) => self.finish_skipped(skipped),
-            None => Progress::Blank,
-        }
+        self.finish_skipped(skipped)
     }
 
     #[inline]
@@ -538,9 +536,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Feeds `chunks` to a framer one read at a time, taking every frame of a read before the
-    /// next, and checks the memory bound after every call: the framer never holds one maximal line
-    /// plus the last read, and holds less than one maximal line whenever it waits for a read.
     /// A frame kept past the next call, to compare.
     #[derive(Debug, Clone, PartialEq, Eq)]
     struct Owned {
@@ -568,6 +563,9 @@ mod tests {
         }
     }
 
+    /// Feeds `chunks` to a framer one read at a time, taking every frame of a read before the
+    /// next, and checks the memory bound after every call: the framer never holds one maximal line
+    /// plus the last read, and holds less than one maximal line whenever it waits for a read.
     fn frame_all(chunks: &[&[u8]], max: usize) -> Vec<Owned> {
         let mut framer = LineFramer::with_head_bytes(max, 8);
         let mut frames = Vec::new();

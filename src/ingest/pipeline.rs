@@ -225,19 +225,11 @@ fn prepare(
     limits: IngestLimits,
     batch_id: &str,
 ) -> Prepared {
-    let queued = |index, body: Vec<u8>, failure: Option<LineCode>| QueuedItem {
-        index,
-        failed: failure.is_some(),
-        body: Bytes::from(body),
-    };
-    match decode_frame(&frame, emit_position, rules) {
-        Decoded::Rejected(rejection) => Prepared::Ready(Step::Reject(rejection)),
+    let (index, body, failure) = match decode_frame(&frame, emit_position, rules) {
+        Decoded::Rejected(rejection) => return Prepared::Ready(Step::Reject(rejection)),
         Decoded::Failed { index, failure } => {
             let body = to_json(&StoredFailure::new(&failure, frame.line_number));
-            Prepared::Ready(Step::Enqueue(
-                queued(index, body, Some(failure.code)),
-                Some(failure.code),
-            ))
+            (index, body, Some(failure.code))
         }
         Decoded::Valid {
             index,
@@ -253,22 +245,33 @@ fn prepare(
                 options: options.as_ref(),
             };
             let offload = payload.filter(|raw| raw.get().len() >= limits.offload_threshold_bytes);
-            let (Some(raw), FrameKind::Line(line)) = (offload, frame.kind) else {
-                return Prepared::Ready(Step::Enqueue(queued(index, to_json(&item), None), None));
-            };
-            let key = payload_key(batch_id, index);
-            let reference =
-                serde_json::value::to_raw_value(&key).expect("a string always serialises");
-            item.payload = Some(&reference);
-            item.payload_type = OFFLOADED_PAYLOAD_TYPE;
-            Prepared::Offload {
-                // The payload's bytes are a slice of the read: no copy on the way out.
-                payload: line.share(raw.get().as_bytes()),
-                item: queued(index, to_json(&item), None),
-                key,
+            if let (Some(raw), FrameKind::Line(line)) = (offload, frame.kind) {
+                let key = payload_key(batch_id, index);
+                let reference =
+                    serde_json::value::to_raw_value(&key).expect("a string always serialises");
+                item.payload = Some(&reference);
+                item.payload_type = OFFLOADED_PAYLOAD_TYPE;
+                let body = Bytes::from(to_json(&item));
+                return Prepared::Offload {
+                    // The payload's bytes are a slice of the read: no copy on the way out.
+                    payload: line.share(raw.get().as_bytes()),
+                    item: QueuedItem {
+                        index,
+                        failed: false,
+                        body,
+                    },
+                    key,
+                };
             }
+            (index, to_json(&item), None)
         }
-    }
+    };
+    let item = QueuedItem {
+        index,
+        failed: failure.is_some(),
+        body: Bytes::from(body),
+    };
+    Prepared::Ready(Step::Enqueue(item, failure))
 }
 
 /// Stores an offloaded payload; what to enqueue once it is stored.
