@@ -244,12 +244,10 @@ async fn large_payloads_are_offloaded_and_the_item_holds_the_reference(#[case] m
         json!({ "payloadType": "application/json" })
     );
     let object = server
-        .payloads
-        .get(&key)
+        .stored_payload(&key)
         .await
-        .unwrap()
         .expect("payload object exists");
-    assert_eq!(serde_json::from_slice::<Value>(&object).unwrap(), payload);
+    assert_eq!(object, payload);
     // Below the threshold the payload stays inline and nothing is written.
     assert_eq!(
         server.stored_item(&id, 1).await.unwrap()["payload"],
@@ -257,10 +255,8 @@ async fn large_payloads_are_offloaded_and_the_item_holds_the_reference(#[case] m
     );
     assert!(
         server
-            .payloads
-            .get(&format!("batches/{id}/items/1/payload"))
+            .stored_payload(&format!("batches/{id}/items/1/payload"))
             .await
-            .unwrap()
             .is_none()
     );
 }
@@ -300,17 +296,8 @@ async fn offloaded_payloads_are_intact_whether_their_line_was_cut_between_reads_
             server.stored_item(&id, index as u32).await.unwrap()["payload"],
             key.as_str()
         );
-        let object = server
-            .payloads
-            .get(&key)
-            .await
-            .unwrap()
-            .expect("payload stored");
-        assert_eq!(
-            &serde_json::from_slice::<Value>(&object).unwrap(),
-            payload,
-            "item {index}"
-        );
+        let object = server.stored_payload(&key).await.expect("payload stored");
+        assert_eq!(&object, payload, "item {index}");
     }
 }
 

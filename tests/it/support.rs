@@ -148,6 +148,12 @@ impl TestServer {
         let body = self.queue.item(id, index).await.unwrap()?;
         Some(serde_json::from_slice(&body).unwrap())
     }
+
+    /// The object the payload store holds at `key`, as JSON.
+    pub async fn stored_payload(&self, key: &str) -> Option<Value> {
+        let object = self.payloads.get(key).await.unwrap()?;
+        Some(serde_json::from_slice(&object).unwrap())
+    }
 }
 
 impl Api {
