@@ -132,6 +132,16 @@ impl PayloadStore for DelayedPayloads {
         }
     }
 
+    async fn delete(&self, key: &str) -> Result<(), DependencyError> {
+        match self.model {
+            StoreModel::Exact => {
+                self.memory.lock().expect("never poisoned").remove(key);
+                Ok(())
+            }
+            StoreModel::TokioSleepThenFiles => self.files.delete(key).await,
+        }
+    }
+
     async fn ping(&self) -> Result<(), DependencyError> {
         self.files.ping().await
     }

@@ -49,14 +49,15 @@ pub struct App {
 
 impl App {
     /// Connects every backend the configuration selects and applies migrations.
-    pub async fn build(config: Config) -> Result<Self, StartError> {
+    pub async fn build(mut config: Config) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
         let metrics_listener = match config.metrics_listen {
             Some(address) => Some(TcpListener::bind(address).await?),
             None => None,
         };
-        let (keys, dev_key) = match (&config.api_keys, config.is_embedded()) {
-            (Some(spec), _) => (ApiKeys::parse(spec).map_err(StartError::Config)?, None),
+        // Only the keys' digests are kept: the plaintext setting is dropped here.
+        let (keys, dev_key) = match (config.api_keys.take(), config.is_embedded()) {
+            (Some(spec), _) => (ApiKeys::parse(&spec).map_err(StartError::Config)?, None),
             (None, true) => {
                 let (keys, key) = ApiKeys::load_or_create_dev_key(&config.data_dir)?;
                 (keys, Some(key))

@@ -1,5 +1,7 @@
 //! Wiring only: parse the command line and environment, start the server, wait for shutdown.
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -67,10 +69,15 @@ async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Logs to stdout, filtered by `RUST_LOG` (default `info`), as text or one JSON object per line.
-/// Each line inside a request carries the request's span, so its `request_id`.
+/// Each line inside a request carries the request's span, so its `request_id`. Colours only on a
+/// terminal (and never with `NO_COLOR` set): a file or a log collector gets plain text.
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    let colour = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour);
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs

@@ -101,6 +101,11 @@ pub fn offload_latency(elapsed: Duration) {
     histogram!("sluice_offload_duration_seconds").record(elapsed.as_secs_f64());
 }
 
+/// An offloaded payload whose line lost its index to an earlier item, removed from the store.
+pub fn offloaded_payload_discarded() {
+    counter!("sluice_offloaded_payloads_discarded_total").increment(1);
+}
+
 pub fn batch_sealed() {
     counter!("sluice_batches_sealed_total").increment(1);
 }

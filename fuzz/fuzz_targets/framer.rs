@@ -28,6 +28,7 @@ mod ingest {
     pub mod framer;
     pub mod index_probe;
     pub mod item;
+    pub mod quote;
     pub mod stored;
 }
 

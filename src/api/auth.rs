@@ -54,14 +54,18 @@ impl ApiKeys {
     }
 
     /// The embedded mode's development key: made once, kept in the data directory, reused after.
+    /// The file is readable by its owner only (0600), also when an older file was not.
     pub fn load_or_create_dev_key(data_dir: &Path) -> std::io::Result<(Self, String)> {
         let path = data_dir.join("dev-api-key");
         let key = match std::fs::read_to_string(&path) {
-            Ok(key) if !key.trim().is_empty() => key.trim().to_owned(),
+            Ok(key) if !key.trim().is_empty() => {
+                owner_only(&path)?;
+                key.trim().to_owned()
+            }
             _ => {
                 let key = format!("sk_dev_{}", hex::encode(rand::random::<[u8; 20]>()));
                 std::fs::create_dir_all(data_dir)?;
-                std::fs::write(&path, &key)?;
+                write_owner_only(&path, &key)?;
                 key
             }
         };
@@ -72,6 +76,29 @@ impl ApiKeys {
     pub fn tenant_for(&self, key: &str) -> Option<&str> {
         self.tenants_by_digest.get(&digest(key)).map(String::as_str)
     }
+}
+
+/// Writes a secret into a file that only its owner can read, created so from the start.
+fn write_owner_only(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())?;
+    owner_only(path)
+}
+
+/// Makes an existing secret file readable by its owner only.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 impl FromRequestParts<AppState> for Tenant {
@@ -103,5 +130,23 @@ mod tests {
         assert_eq!(keys.tenant_for("k3"), None);
         assert!(ApiKeys::parse("nocolon").is_err());
         assert!(ApiKeys::parse(":k").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_dev_key_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let (keys, key) = ApiKeys::load_or_create_dev_key(dir.path()).unwrap();
+        let path = dir.path().join("dev-api-key");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(keys.tenant_for(&key), Some("dev"));
+
+        // A key file left world-readable by an older version is kept, and tightened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, again) = ApiKeys::load_or_create_dev_key(dir.path()).unwrap();
+        assert_eq!(again, key);
+        assert_eq!(mode(&path), 0o600);
     }
 }

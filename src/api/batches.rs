@@ -7,29 +7,43 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use super::auth::Tenant;
 use super::error::ApiError;
 use super::wire::{BatchResponse, CreateBatchRequest, CreateBatchResponse, RunCounts};
 use crate::app::AppState;
+use crate::ingest::quote::bounded;
 use crate::store::{Batch, Created, Millis, NewBatch, now_millis};
 
 pub const MAX_CREATE_BODY_BYTES: usize = 128 * 1024;
 const MAX_IDEMPOTENCY_KEY_CHARS: usize = 2048;
 
-/// `Json` whose rejections are answered in Sluice's error shape.
+/// A JSON object body, with rejections answered in Sluice's error shape.
+///
+/// Only an object is a request: serde would otherwise read a JSON array as a struct's fields in
+/// order, so `[1]` would create a batch of one.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
 where
-    Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    T: DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let Json(value) = Json::<T>::from_request(request, state).await?;
-        Ok(Self(value))
+        // Content type, size cap and JSON syntax are checked as for any JSON body.
+        let Json(raw) = Json::<Box<RawValue>>::from_request(request, state).await?;
+        if !raw.get().trim_start().starts_with('{') {
+            return Err(ApiError::InvalidRequest(
+                "request body must be a JSON object".into(),
+            ));
+        }
+        serde_json::from_str(raw.get())
+            .map(Self)
+            .map_err(|error| ApiError::InvalidRequest(bounded(format!("invalid request: {error}"))))
     }
 }
 

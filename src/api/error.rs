@@ -13,6 +13,7 @@ use super::admission::Overload;
 use super::wire::IngestResponse;
 use crate::dependency::DependencyError;
 use crate::ingest::body::BodyStop;
+use crate::ingest::quote::bounded;
 
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECONDS: &str = "1";
@@ -44,7 +45,8 @@ pub enum ApiError {
     BodyTooLarge(u64),
     #[error("{0}")]
     UnsupportedMediaType(String),
-    #[error("Content-Encoding `{0}` is not supported; use gzip, zstd or none")]
+    /// The client's encoding, already quoted (and bounded).
+    #[error("Content-Encoding {0} is not supported; use gzip, zstd or none")]
     UnsupportedEncoding(String),
     #[error("request body could not be read: {0}")]
     UnreadableBody(String),
@@ -62,6 +64,9 @@ pub enum ApiError {
     },
     #[error(transparent)]
     Dependency(#[from] DependencyError),
+    /// A backend failed mid-stream; what was enqueued before is kept and summarised.
+    #[error("{0}")]
+    StreamFailed(DependencyError, Box<IngestResponse>),
     #[error("internal error")]
     Internal,
 }
@@ -88,8 +93,12 @@ impl ApiError {
             },
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Dependency(error) if error.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Dependency(_) | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Dependency(error) | Self::StreamFailed(error, _) if error.is_unavailable() => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Dependency(_) | Self::StreamFailed(..) | Self::Internal => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -113,18 +122,24 @@ impl ApiError {
             },
             Self::Overloaded(_) => "OVERLOADED",
             Self::RateLimited { .. } => "RATE_LIMITED",
-            Self::Dependency(error) if error.is_unavailable() => "DEPENDENCY_UNAVAILABLE",
-            Self::Dependency(_) | Self::Internal => "INTERNAL_ERROR",
+            Self::Dependency(error) | Self::StreamFailed(error, _) if error.is_unavailable() => {
+                "DEPENDENCY_UNAVAILABLE"
+            }
+            Self::Dependency(_) | Self::StreamFailed(..) | Self::Internal => "INTERNAL_ERROR",
         }
     }
 
     fn message(&self) -> String {
         match self {
-            Self::Dependency(error) if error.is_unavailable() => format!(
-                "{} is unavailable; retry the request (items already accepted are kept)",
-                error.dependency()
-            ),
-            Self::Dependency(_) => "internal error; see the server log for this request id".into(),
+            Self::Dependency(error) | Self::StreamFailed(error, _) if error.is_unavailable() => {
+                format!(
+                    "{} is unavailable; retry the request (items already accepted are kept)",
+                    error.dependency()
+                )
+            }
+            Self::Dependency(_) | Self::StreamFailed(..) => {
+                "internal error; see the server log for this request id".into()
+            }
             other => other.to_string(),
         }
     }
@@ -147,20 +162,20 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
-            Self::Dependency(error) if error.is_unavailable() => {
+            Self::Dependency(error) | Self::StreamFailed(error, _) if error.is_unavailable() => {
                 crate::metrics::dependency_error(error);
                 tracing::warn!(error = %error, "dependency unavailable")
             }
-            Self::Dependency(error) => {
+            Self::Dependency(error) | Self::StreamFailed(error, _) => {
                 crate::metrics::dependency_error(error);
                 tracing::error!(error = %error, "dependency failed")
             }
             _ => {}
         }
         let summary = match &self {
-            Self::ItemsRejected(summary) | Self::StreamStopped(_, summary) => {
-                Some(summary.as_ref())
-            }
+            Self::ItemsRejected(summary)
+            | Self::StreamStopped(_, summary)
+            | Self::StreamFailed(_, summary) => Some(summary.as_ref()),
             _ => None,
         };
         let body = ErrorEnvelope {
@@ -201,7 +216,7 @@ impl From<JsonRejection> for ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 Self::UnsupportedMediaType("expected `Content-Type: application/json`".into())
             }
-            _ => Self::InvalidRequest(rejection.body_text()),
+            _ => Self::InvalidRequest(bounded(rejection.body_text())),
         }
     }
 }

@@ -14,6 +14,7 @@ use super::wire::{IngestResponse, RejectedLine};
 use crate::app::AppState;
 use crate::ingest::body::{BodyStop, ContentEncoding, body_reads};
 use crate::ingest::pipeline::{IngestError, IngestTarget, ingest};
+use crate::ingest::quote::{bounded, quote};
 use crate::ingest::seal::{SealOutcome, seal_if_complete};
 use crate::ingest::summary::IngestSummary;
 use crate::store::{Batch, BatchStatus, now_millis};
@@ -32,7 +33,8 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     match essence.as_str() {
         "application/x-ndjson" | "application/ndjson" => Ok(()),
         _ => Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Type must be application/x-ndjson or application/ndjson, got `{content_type}`"
+            "Content-Type must be application/x-ndjson or application/ndjson, got {}",
+            quote(content_type)
         ))),
     }
 }
@@ -42,7 +44,7 @@ fn content_encoding(headers: &HeaderMap) -> Result<ContentEncoding, ApiError> {
         .get(header::CONTENT_ENCODING)
         .map(|value| value.to_str().unwrap_or("?"));
     ContentEncoding::parse(raw)
-        .ok_or_else(|| ApiError::UnsupportedEncoding(raw.unwrap_or_default().to_owned()))
+        .ok_or_else(|| ApiError::UnsupportedEncoding(quote(raw.unwrap_or_default())))
 }
 
 /// A body announced larger than the wire cap is refused before a byte of it is read.
@@ -81,7 +83,8 @@ pub async fn stream_items(
     if batch.sealed {
         // Nothing can be added to a sealed batch: answer without reading the body.
         let summary = IngestSummary::default();
-        return Ok(Json(response(&batch, &summary, &sealed_outcome(&batch))).into_response());
+        let outcome = sealed_outcome(&batch);
+        return Ok(Json(response(&batch, &summary, Some(&outcome))).into_response());
     }
     match state.effective_status(&batch, now_millis()) {
         BatchStatus::Pending => {}
@@ -99,7 +102,12 @@ pub async fn stream_items(
     summary.record_metrics();
     let body_error = match result {
         Ok(()) => None,
-        Err(IngestError::Dependency(error)) => return Err(error.into()),
+        // A backend failed mid-stream: no seal is tried, and the answer still says what this
+        // request enqueued before it failed (all of it is kept). So does a failed seal below.
+        Err(IngestError::Dependency(error)) => {
+            let body = response(&batch, &summary, None);
+            return Err(ApiError::StreamFailed(error, Box::new(body)));
+        }
         // The items read before the body broke are kept; the batch may even be complete now.
         Err(IngestError::Body(error)) => Some(error),
     };
@@ -109,7 +117,8 @@ pub async fn stream_items(
         &batch,
         summary.taken_after,
     )
-    .await?;
+    .await
+    .map_err(|error| ApiError::StreamFailed(error, Box::new(response(&batch, &summary, None))))?;
     if let Some(current) = &outcome.unsealed {
         // Aborted while this stream ran: what was read is kept, but the batch will never seal.
         match state.effective_status(current, now_millis()) {
@@ -117,12 +126,12 @@ pub async fn stream_items(
             other => return Err(ApiError::BatchNotPending(other.as_str())),
         }
     }
-    let body = response(&batch, &summary, &outcome);
+    let body = response(&batch, &summary, Some(&outcome));
     if let Some(error) = body_error {
         tracing::info!(batch = %batch.id, accepted = summary.accepted, error = %error, "stream ended early");
         return Err(match BodyStop::of(&error) {
             Some(stop) => ApiError::StreamStopped(stop, Box::new(body)),
-            None => ApiError::UnreadableBody(error.to_string()),
+            None => ApiError::UnreadableBody(bounded(error.to_string())),
         });
     }
     if summary.rejected_total > 0 {
@@ -143,13 +152,20 @@ fn sealed_outcome(batch: &Batch) -> SealOutcome {
     }
 }
 
-fn response(batch: &Batch, summary: &IngestSummary, outcome: &SealOutcome) -> IngestResponse {
-    let unsealed = !outcome.sealed;
+/// The ingest summary; `outcome` is `None` when no seal could be tried (a backend failed), and the
+/// counts of the batch as a whole are then left out.
+fn response(
+    batch: &Batch,
+    summary: &IngestSummary,
+    outcome: Option<&SealOutcome>,
+) -> IngestResponse {
+    let sealed = outcome.is_some_and(|outcome| outcome.sealed);
+    let unsealed = outcome.filter(|outcome| !outcome.sealed);
     IngestResponse {
         id: batch.id.clone(),
         items_accepted: summary.accepted,
         items_deduplicated: summary.deduplicated,
-        sealed: outcome.sealed,
+        sealed,
         items_failed: summary.failed,
         items_rejected: summary.rejected_total,
         rejected: summary
@@ -162,8 +178,8 @@ fn response(batch: &Batch, summary: &IngestSummary, outcome: &SealOutcome) -> In
                 message: rejection.message.clone(),
             })
             .collect(),
-        enqueued_count: unsealed.then_some(outcome.progress.enqueued),
-        expected_count: unsealed.then_some(batch.run_count),
-        missing: unsealed.then(|| outcome.missing.iter().map(|&(a, b)| [a, b]).collect()),
+        enqueued_count: unsealed.map(|outcome| outcome.progress.enqueued),
+        expected_count: unsealed.map(|_| batch.run_count),
+        missing: unsealed.map(|outcome| outcome.missing.iter().map(|&(a, b)| [a, b]).collect()),
     }
 }

@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use super::framer::{Frame, FrameKind};
 use super::index_probe::{Probe, probe_index};
+use super::quote::{bounded, quote};
 use super::stored::{DEFAULT_PAYLOAD_TYPE, OFFLOADED_PAYLOAD_TYPE};
 
 /// Stable codes of failed items and rejections, as they appear on the wire.
@@ -86,8 +87,26 @@ pub struct LineRules {
     pub max_line_bytes: usize,
 }
 
-/// Decodes one frame. `emit_position` is the 0-based count of frames before it.
+/// Decodes one frame. `emit_position` is the 0-based count of frames before it. Every message it
+/// gives is bounded in size, whatever the line held.
 pub fn decode_frame<'a>(frame: &Frame<'a>, emit_position: u64, rules: LineRules) -> Decoded<'a> {
+    match decode_unbounded(frame, emit_position, rules) {
+        Decoded::Failed { index, failure } => Decoded::Failed {
+            index,
+            failure: ItemFailure {
+                message: bounded(failure.message),
+                ..failure
+            },
+        },
+        Decoded::Rejected(rejection) => Decoded::Rejected(Rejection {
+            message: bounded(rejection.message),
+            ..rejection
+        }),
+        valid => valid,
+    }
+}
+
+fn decode_unbounded<'a>(frame: &Frame<'a>, emit_position: u64, rules: LineRules) -> Decoded<'a> {
     match frame.kind {
         FrameKind::Line(line) => decode_line(line.bytes(), frame.line_number, emit_position, rules),
         FrameKind::Oversized { head, length } => {
@@ -220,7 +239,7 @@ fn checked_index(raw: Option<&RawValue>, run_count: u32) -> Result<u32, IndexErr
         Err(_) => Err((
             None,
             LineCode::InvalidIndex,
-            format!("`index` must be an integer, got {}", raw.get()),
+            format!("`index` must be an integer, got {}", quote(raw.get())),
         )),
     }
 }

@@ -8,6 +8,7 @@ pub mod framer;
 pub mod index_probe;
 pub mod item;
 pub mod pipeline;
+pub mod quote;
 pub mod seal;
 pub mod stored;
 pub mod summary;

@@ -28,7 +28,7 @@ use crate::queue::{ItemQueue, QueuedItem};
 
 /// Most item bytes one enqueue call carries (one item is always let through).
 const MAX_BYTES_PER_ENQUEUE: usize = 1 << 20;
-/// Enqueue calls in flight at once: one is sent while the next batch is prepared.
+/// Enqueue calls of several items in flight at once: one is sent while the next is prepared.
 const ENQUEUES_IN_FLIGHT: usize = 2;
 
 #[derive(Debug, Clone, Copy)]
@@ -61,9 +61,17 @@ pub struct IngestTarget {
 
 /// What one line turned into once its payload (if large) is offloaded.
 enum Step {
-    /// An item to store, with the code of its failure if it is a failed item.
-    Enqueue(QueuedItem, Option<LineCode>),
+    Enqueue(Enqueue),
     Reject(Rejection),
+}
+
+/// An item to store.
+struct Enqueue {
+    item: QueuedItem,
+    /// The code of its failure, if it is a failed item.
+    failure: Option<LineCode>,
+    /// The key its payload was offloaded to, if it was.
+    offloaded: Option<String>,
 }
 
 /// Streams `body` into the batch. The summary counts everything enqueued before any error, so a
@@ -106,7 +114,13 @@ async fn run(
     } else {
         limits.max_items_per_enqueue.max(1)
     };
-    let in_flight = if sequential { 1 } else { ENQUEUES_IN_FLIGHT };
+    // One item per call (the per-item path) keeps as many calls in flight as items; grouped
+    // calls keep one in flight while the next group is prepared.
+    let in_flight = match (sequential, max_items) {
+        (true, _) => 1,
+        (false, 1) => limits.concurrency,
+        (false, _) => ENQUEUES_IN_FLIGHT,
+    };
     let enqueued = ready_batches(steps, max_items)
         .map(|steps| enqueue_batch(steps, target))
         .buffered(in_flight);
@@ -151,7 +165,7 @@ where
 
 fn step_bytes(step: &Result<Step, IngestError>) -> usize {
     match step {
-        Ok(Step::Enqueue(item, _)) => item.body.len(),
+        Ok(Step::Enqueue(enqueue)) => enqueue.item.body.len(),
         _ => 0,
     }
 }
@@ -170,13 +184,17 @@ async fn enqueue_batch(
 ) -> EnqueuedBatch {
     let mut items = Vec::with_capacity(steps.len());
     let mut failures = Vec::with_capacity(steps.len());
+    let mut offloaded = Vec::new();
     let mut rejections = Vec::new();
     let mut error = None;
     for step in steps {
         match step {
-            Ok(Step::Enqueue(item, failure)) => {
-                items.push(item);
-                failures.push(failure);
+            Ok(Step::Enqueue(enqueue)) => {
+                if let Some(key) = enqueue.offloaded {
+                    offloaded.push((items.len(), key));
+                }
+                items.push(enqueue.item);
+                failures.push(enqueue.failure);
             }
             Ok(Step::Reject(rejection)) => rejections.push(rejection),
             Err(stopped) => error = Some(stopped),
@@ -190,6 +208,11 @@ async fn enqueue_batch(
         match target.queue.enqueue(&target.batch_id, &items).await {
             Ok(enqueued) => {
                 taken_after = enqueued.taken_after;
+                let lost = offloaded
+                    .into_iter()
+                    .filter(|&(position, _)| !enqueued.stored[position])
+                    .map(|(position, key)| (items[position].index, key));
+                discard_lost_payloads(lost, target).await;
                 failures.into_iter().zip(enqueued.stored).collect()
             }
             Err(failed) => {
@@ -246,7 +269,7 @@ fn prepare(
             };
             let offload = payload.filter(|raw| raw.get().len() >= limits.offload_threshold_bytes);
             if let (Some(raw), FrameKind::Line(line)) = (offload, frame.kind) {
-                let key = payload_key(batch_id, index);
+                let key = payload_key(batch_id, index, raw.get().as_bytes());
                 let reference =
                     serde_json::value::to_raw_value(&key).expect("a string always serialises");
                 item.payload = Some(&reference);
@@ -271,7 +294,11 @@ fn prepare(
         failed: failure.is_some(),
         body: Bytes::from(body),
     };
-    Prepared::Ready(Step::Enqueue(item, failure))
+    Prepared::Ready(Step::Enqueue(Enqueue {
+        item,
+        failure,
+        offloaded: None,
+    }))
 }
 
 /// Stores an offloaded payload; what to enqueue once it is stored.
@@ -282,7 +309,45 @@ async fn offload(prepared: Prepared, target: &IngestTarget) -> Result<Step, Inge
             let started = Instant::now();
             target.payloads.put(&key, payload).await?;
             metrics::offload_latency(started.elapsed());
-            Ok(Step::Enqueue(item, None))
+            Ok(Step::Enqueue(Enqueue {
+                item,
+                failure: None,
+                offloaded: Some(key),
+            }))
+        }
+    }
+}
+
+/// The payload reference of a stored item, if its payload was offloaded.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredReference {
+    payload: Option<serde_json::Value>,
+    payload_type: Option<String>,
+}
+
+/// Removes the payload objects of offloaded items that lost their index to an earlier item
+/// (`(index, key)` pairs), unless the winner refers to the same object: the same payload streamed
+/// again has the same key, and that object is the winner's.
+///
+/// A failure here is logged, not answered: the dedup already decided, and an object left behind
+/// is only unreferenced garbage under the batch's prefix, which nothing reads.
+async fn discard_lost_payloads(lost: impl Iterator<Item = (u32, String)>, target: &IngestTarget) {
+    let discards = lost.map(|(index, key)| async move {
+        let winner = target.queue.item(&target.batch_id, index).await?;
+        let winner_key = winner
+            .and_then(|body| serde_json::from_slice::<StoredReference>(&body).ok())
+            .filter(|stored| stored.payload_type.as_deref() == Some(OFFLOADED_PAYLOAD_TYPE))
+            .and_then(|stored| stored.payload);
+        if winner_key.as_ref().and_then(|key| key.as_str()) != Some(key.as_str()) {
+            target.payloads.delete(&key).await?;
+            metrics::offloaded_payload_discarded();
+        }
+        Ok::<_, DependencyError>(())
+    });
+    for result in futures::future::join_all(discards).await {
+        if let Err(error) = result {
+            tracing::warn!(batch = %target.batch_id, %error, "a deduplicated item's payload object could not be removed");
         }
     }
 }

@@ -85,6 +85,30 @@ async fn invalid_create_requests_get_clear_errors(#[case] mode: Mode) {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(error["error"]["code"], "INVALID_REQUEST");
     }
+    // Only a JSON object is a request: serde would read an array as the fields in order.
+    for body in [
+        json!([1]),
+        json!([3, ["t"]]),
+        json!([{ "runCount": 1 }]),
+        json!(7),
+        json!("x"),
+        json!(null),
+    ] {
+        let (status, error) = server.create(body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error["error"]["code"], "INVALID_REQUEST", "{body}");
+        assert_eq!(
+            error["error"]["message"], "request body must be a JSON object",
+            "{body}"
+        );
+    }
+    // What the client sent is never echoed unbounded.
+    let (status, error) = server
+        .create(json!({ "runCount": "9".repeat(100_000) }))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.len() <= 512, "{} bytes: {message}", message.len());
     let long_key = "k".repeat(2049);
     let (status, _) = server
         .create(json!({ "runCount": 1, "idempotencyKey": long_key }))
@@ -146,6 +170,19 @@ async fn requests_without_a_valid_key_get_401(#[case] mode: Mode) {
         .get(server.url(&format!("/api/v3/batches/{id}")))
         .header("authorization", format!("BEARER {KEY}"));
     assert_eq!(upper.send().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_server_keeps_only_the_digests_of_its_api_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sluice::config::Config::embedded(dir.path().to_path_buf());
+    config.api_keys = Some("acme:plaintext-key".into());
+    let app = sluice::app::App::build(config).await.unwrap();
+    assert_eq!(
+        app.config.api_keys, None,
+        "the plaintext setting is dropped"
+    );
+    assert_eq!(app.keys.tenant_for("plaintext-key"), Some("acme"));
 }
 
 #[rstest]

@@ -7,6 +7,8 @@ use reqwest::StatusCode;
 use rstest::rstest;
 use serde_json::{Value, json};
 
+use sluice::payloads::payload_key;
+
 use crate::support::{Mode, TestServer, chunked, endless_body, ndjson};
 
 fn assert_sealed(body: &Value, accepted: u64) {
@@ -236,7 +238,11 @@ async fn large_payloads_are_offloaded_and_the_item_holds_the_reference(#[case] m
     assert_sealed(&response, 2);
 
     let item = server.stored_item(&id, 0).await.unwrap();
-    let key = format!("batches/{id}/items/0/payload");
+    let key = payload_key(&id, 0, payload.to_string().as_bytes());
+    assert!(
+        key.starts_with(&format!("batches/{id}/items/0/sha256-")),
+        "{key}"
+    );
     assert_eq!(item["payload"], key.as_str());
     assert_eq!(item["payloadType"], "application/store");
     assert_eq!(
@@ -253,12 +259,127 @@ async fn large_payloads_are_offloaded_and_the_item_holds_the_reference(#[case] m
         server.stored_item(&id, 1).await.unwrap()["payload"],
         json!({ "n": 1 })
     );
+    let inline = json!({ "n": 1 }).to_string();
     assert!(
         server
-            .stored_payload(&format!("batches/{id}/items/1/payload"))
+            .stored_payload(&payload_key(&id, 1, inline.as_bytes()))
             .await
             .is_none()
     );
+}
+
+/// An offloaded line: its payload is `{"v": "<fill × 300>"}`.
+fn offloaded_line(index: u32, fill: &str) -> (String, String) {
+    let payload = json!({ "v": fill.repeat(300) }).to_string();
+    let line = format!("{{\"index\":{index},\"task\":\"t\",\"payload\":{payload}}}\n");
+    (line, payload)
+}
+
+/// First wins, for offloaded payloads too: a later line for a taken index cannot replace the
+/// payload the index holds, and its own object is removed; the same payload streamed again keeps
+/// the winner's object.
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::production(Mode::Production)]
+#[tokio::test]
+async fn a_later_line_never_replaces_an_offloaded_payload_and_its_object_is_removed(
+    #[case] mode: Mode,
+) {
+    let server = TestServer::start_with(mode, |config| config.offload_threshold_bytes = 100).await;
+    let id = server.new_batch(2).await;
+    let (first, first_payload) = offloaded_line(0, "A");
+    let (second, second_payload) = offloaded_line(0, "B");
+    let first_key = payload_key(&id, 0, first_payload.as_bytes());
+    let second_key = payload_key(&id, 0, second_payload.as_bytes());
+
+    let (status, body) = server.stream(&id, first.clone()).await;
+    assert_eq!(
+        (status, &body["itemsAccepted"]),
+        (StatusCode::OK, &json!(1)),
+        "{body}"
+    );
+    let (status, body) = server.stream(&id, second).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["itemsDeduplicated"], 1, "{body}");
+
+    assert_eq!(
+        server.stored_item(&id, 0).await.unwrap()["payload"],
+        first_key.as_str()
+    );
+    let winner: Value = serde_json::from_str(&first_payload).unwrap();
+    assert_eq!(
+        server.stored_payload(&first_key).await,
+        Some(winner.clone())
+    );
+    assert_eq!(
+        server.stored_payload(&second_key).await,
+        None,
+        "the loser's object is removed"
+    );
+
+    // A retry of the winning line writes the same object and must not remove it.
+    let (_, body) = server.stream(&id, first).await;
+    assert_eq!(body["itemsDeduplicated"], 1, "{body}");
+    assert_eq!(server.stored_payload(&first_key).await, Some(winner));
+}
+
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::production(Mode::Production)]
+#[tokio::test]
+async fn concurrent_streams_with_other_payloads_leave_only_each_winners_object(#[case] mode: Mode) {
+    const INDEXES: u32 = 30;
+    const STREAMS: usize = 6;
+    let server = TestServer::start_with(mode, |config| config.offload_threshold_bytes = 100).await;
+    let id = server.new_batch(INDEXES).await;
+    let fills: Vec<String> = (0..STREAMS).map(|stream| format!("s{stream}-")).collect();
+    let streams = fills.iter().map(|fill| {
+        let body: String = (0..INDEXES)
+            .map(|index| offloaded_line(index, fill).0)
+            .collect();
+        let id = id.clone();
+        let server = &server;
+        async move {
+            server
+                .stream_chunks(&id, chunked(body.as_bytes(), 4096))
+                .await
+        }
+    });
+    let answers = futures::future::join_all(streams).await;
+    let accepted: u64 = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, StatusCode::OK, "{body}");
+            body["itemsAccepted"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(accepted, u64::from(INDEXES));
+
+    for index in 0..INDEXES {
+        let stored = server.stored_item(&id, index).await.unwrap();
+        let winner_key = stored["payload"].as_str().unwrap().to_owned();
+        let mut winners = 0;
+        for fill in &fills {
+            let (_, payload) = offloaded_line(index, fill);
+            let key = payload_key(&id, index, payload.as_bytes());
+            let object = server.stored_payload(&key).await;
+            if key == winner_key {
+                winners += 1;
+                let expected: Value = serde_json::from_str(&payload).unwrap();
+                assert_eq!(
+                    object,
+                    Some(expected),
+                    "index {index}: the winner's payload"
+                );
+            } else {
+                assert_eq!(
+                    object, None,
+                    "index {index}: a loser's object {key} is left"
+                );
+            }
+        }
+        assert_eq!(winners, 1, "index {index}: {winner_key}");
+    }
 }
 
 /// The framer lends a line lying in one read without copying it and joins a line cut between two
@@ -291,13 +412,47 @@ async fn offloaded_payloads_are_intact_whether_their_line_was_cut_between_reads_
         .await;
     assert_sealed(&response, 40);
     for (index, payload) in payloads.iter().enumerate() {
-        let key = format!("batches/{id}/items/{index}/payload");
+        let key = payload_key(&id, index as u32, payload.to_string().as_bytes());
         assert_eq!(
             server.stored_item(&id, index as u32).await.unwrap()["payload"],
             key.as_str()
         );
         let object = server.stored_payload(&key).await.expect("payload stored");
         assert_eq!(&object, payload, "item {index}");
+    }
+}
+
+/// A hostile line cannot make a large answer: what it sent is quoted cut to 200 bytes.
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::production(Mode::Production)]
+#[tokio::test]
+async fn rejections_quote_at_most_200_bytes_of_what_the_client_sent(#[case] mode: Mode) {
+    let server = TestServer::start(mode).await;
+    let id = server.new_batch(1).await;
+    let huge = "9".repeat(1 << 20);
+    let line = format!("{{\"index\":\"{huge}\",\"task\":\"t\"}}\n");
+    let response = server
+        .items_request(&id)
+        .body(line.repeat(8))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(bytes.len() < 8 * 1024, "a {} byte answer", bytes.len());
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["itemsRejected"], 8, "{body}");
+    for rejected in body["rejected"].as_array().unwrap() {
+        let message = rejected["message"].as_str().unwrap();
+        // The quoted raw value starts with its opening `"`: 199 digits fit in 200 bytes.
+        assert!(message.contains(&"9".repeat(199)), "{message}");
+        assert!(!message.contains(&"9".repeat(200)), "{message}");
+        assert!(
+            message.contains("1048578 bytes, shown truncated to 200"),
+            "{message}"
+        );
     }
 }
 
@@ -332,6 +487,22 @@ async fn wrong_content_type_or_encoding_is_415(#[case] mode: Mode) {
         assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         assert_eq!(body["error"]["code"], code);
     }
+    // What the client sent is quoted bounded.
+    let long_type = format!("application/{}", "x".repeat(4000));
+    let request = server
+        .client
+        .post(&url)
+        .bearer_auth(crate::support::KEY)
+        .header("content-type", &long_type);
+    let (status, body) =
+        crate::support::into_parts(request.body(ndjson([0])).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.len() < 400, "{message}");
+    assert!(
+        message.contains("4012 bytes, shown truncated to 200"),
+        "{message}"
+    );
     // Parameters are allowed, and so is application/ndjson.
     let request = server
         .client

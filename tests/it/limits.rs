@@ -243,3 +243,75 @@ async fn a_client_that_stops_sending_is_cut_off_and_its_items_are_kept(#[case] m
     assert_eq!(body["itemsDeduplicated"], 5);
     assert_eq!(body["sealed"], true);
 }
+
+/// The server's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Lines whose `index` is a string as long as a line may be: each is rejected, and its message
+/// must not echo that string. Three such bodies at once must neither make large answers nor make
+/// the server hold their echoes: its memory stays within the bound configuration sets.
+#[tokio::test]
+async fn hostile_index_values_make_neither_large_answers_nor_large_memory() {
+    const ITEM_MAX: usize = 1 << 20;
+    const CONCURRENCY: usize = 10;
+    const REQUESTS: usize = 3;
+    const LINES: usize = 100;
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = crate::support::ServerProcess::start(&[
+        ("SLUICE_API_KEYS", format!("acme:{}", crate::support::KEY)),
+        ("SLUICE_DATA_DIR", data_dir.path().display().to_string()),
+        ("STREAMING_BATCH_ITEM_MAXIMUM_SIZE", ITEM_MAX.to_string()),
+        (
+            "STREAMING_BATCH_INGEST_CONCURRENCY",
+            CONCURRENCY.to_string(),
+        ),
+    ])
+    .await;
+    // As long as a line may be: `{"index":"…","task":"t"}` plus its newline is ITEM_MAX bytes.
+    let value = "7".repeat(ITEM_MAX - r#"{"index":"","task":"t"}"#.len() - 1);
+    let line = format!("{{\"index\":\"{value}\",\"task\":\"t\"}}\n");
+    let body = bytes::Bytes::from(line.repeat(LINES));
+    let streams = (0..REQUESTS).map(|_| {
+        let body = body.clone();
+        let server = &server;
+        async move {
+            let id = server.new_batch(1).await;
+            // Sent in 64 KiB pieces, as a client streaming from a file would.
+            let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = (0..body.len())
+                .step_by(64 << 10)
+                .map(|start| Ok(body.slice(start..(start + (64 << 10)).min(body.len()))))
+                .collect();
+            let response = server
+                .items_request(&id)
+                .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.bytes().await.unwrap())
+        }
+    });
+    for (status, answer) in futures::future::join_all(streams).await {
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(answer.len() < 64 << 10, "a {} byte answer", answer.len());
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["itemsRejected"], LINES, "{answer}");
+    }
+    let peak = peak_rss(server.pid());
+    let bound = (64 << 20) + (REQUESTS * CONCURRENCY * ITEM_MAX) as u64;
+    eprintln!(
+        "hostile index values: server peak RSS {:.1} MiB (bound {:.1} MiB)",
+        peak as f64 / f64::from(1 << 20),
+        bound as f64 / f64::from(1 << 20)
+    );
+    assert!(peak < bound, "peak RSS {peak} bytes, bound {bound}");
+    server.kill().await;
+}

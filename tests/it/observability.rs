@@ -142,3 +142,31 @@ async fn json_logs_carry_the_request_id_of_each_request() {
     assert!(found["fields"]["status"].is_number(), "{found}");
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    let server = crate::support::ServerProcess::start(&[
+        ("SLUICE_API_KEYS", format!("acme:{KEY}")),
+        (
+            "SLUICE_DATA_DIR",
+            tempfile::tempdir().unwrap().keep().display().to_string(),
+        ),
+    ])
+    .await;
+    let response = server
+        .client
+        .get(server.url("/api/v3/batches/batch_unknown"))
+        .bearer_auth(KEY)
+        .header("x-request-id", "req-plain-text")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let lines = server
+        .log_until(|line| line.contains("req-plain-text"))
+        .await;
+    for line in &lines {
+        assert!(!line.contains('\u{1b}'), "a colour code in {line:?}");
+    }
+    assert!(lines.iter().any(|line| line.contains("Sluice listening")));
+}

@@ -267,6 +267,10 @@ async fn stop_mid_stream_then_restream(
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{name}: {body}");
     assert_eq!(body["error"]["code"], "DEPENDENCY_UNAVAILABLE", "{body}");
     assert_eq!(retry_after.as_ref().map(|v| v.to_str().unwrap()), Some("1"));
+    // Like every early stop, the answer says what the stream enqueued before the outage.
+    assert_eq!(body["sealed"], false, "{name}: {body}");
+    let accepted_before = body["itemsAccepted"].as_u64().expect("itemsAccepted");
+    assert!(accepted_before >= u64::from(half), "{name}: {body}");
 
     let (during, slowest) = requests_during_outage(server, &id).await;
     assert_eq!(during, expected, "{name}: answers during the outage");

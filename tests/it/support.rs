@@ -660,6 +660,8 @@ impl Drop for PrivatePostgres {
 pub struct ServerProcess {
     api: Api,
     process: Child,
+    /// Every line the server wrote to stdout so far.
+    log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl std::ops::Deref for ServerProcess {
@@ -690,32 +692,57 @@ impl ServerProcess {
         command
             .env("SLUICE_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
             .envs(env.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         let mut process = command.spawn().expect("start the sluice binary");
         let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let address = tokio::time::timeout(START_LIMIT, async {
-            let mut seen = Vec::new();
             while let Ok(Some(line)) = lines.next_line().await {
-                let line = strip_ansi(&line);
-                if let Some(address) = listening_address(&line) {
+                let address = listening_address(&line);
+                log.lock().unwrap().push(line);
+                if let Some(address) = address {
                     return address;
                 }
-                seen.push(line);
             }
-            panic!("the server exited before listening:\n{}", seen.join("\n"));
+            panic!(
+                "the server exited before listening:\n{}",
+                log.lock().unwrap().join("\n")
+            );
         })
         .await
         .expect("the server listens");
         // Keep reading its log, so the pipe never fills and blocks it.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().unwrap().push(line);
+            }
+        });
         Self {
             api: Api::new(format!("http://{address}")),
             process,
+            log,
         }
+    }
+
+    /// The server's log lines, once one of them satisfies `found`.
+    pub async fn log_until(&self, found: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        poll_until("the log line", Duration::from_secs(10), || {
+            lines = self.log.lock().unwrap().clone();
+            let seen = lines.iter().any(|line| found(line));
+            async move { seen }
+        })
+        .await;
+        lines
+    }
+
+    /// The process id, to read its memory use from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.process.id().expect("the server is running")
     }
 
     /// SIGKILL: no shutdown, no flush, nothing the process held in memory survives.
@@ -732,18 +759,4 @@ fn listening_address(line: &str) -> Option<String> {
     }
     let rest = &line[line.find("address=")? + "address=".len()..];
     Some(rest.split_whitespace().next()?.to_owned())
-}
-
-/// The text of a log line without terminal colour codes (`ESC [ … letter`).
-fn strip_ansi(line: &str) -> String {
-    let mut text = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(char::is_ascii_alphabetic);
-        } else {
-            text.push(c);
-        }
-    }
-    text
 }

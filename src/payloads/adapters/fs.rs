@@ -58,6 +58,13 @@ impl PayloadStore for FsPayloadStore {
         }
     }
 
+    async fn delete(&self, key: &str) -> Result<(), DependencyError> {
+        match tokio::fs::remove_file(self.path(key)).await {
+            Err(error) if error.kind() != ErrorKind::NotFound => Err(unavailable(error)),
+            _ => Ok(()),
+        }
+    }
+
     async fn ping(&self) -> Result<(), DependencyError> {
         tokio::fs::metadata(&self.root).await.map_err(unavailable)?;
         Ok(())

@@ -116,6 +116,18 @@ impl PayloadStore for S3PayloadStore {
         Ok(Some(body.into_bytes()))
     }
 
+    async fn delete(&self, key: &str) -> Result<(), DependencyError> {
+        // S3 answers a delete of a missing key with success.
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), DependencyError> {
         self.client
             .head_bucket()
