@@ -19,7 +19,7 @@ use crate::ingest::pipeline::IngestLimits;
 use crate::payloads::PayloadStore;
 use crate::payloads::adapters::{FsPayloadStore, S3PayloadStore};
 use crate::queue::ItemQueue;
-use crate::queue::adapters::RedisQueue;
+use crate::queue::adapters::{RedisQueue, TwoStepRedisQueue};
 use crate::store::adapters::{PostgresStore, SqliteStore};
 use crate::store::{Batch, BatchStatus, BatchStore, Millis};
 
@@ -84,6 +84,9 @@ impl App {
             }
         };
         let queue: Arc<dyn ItemQueue> = match &config.redis_url {
+            Some(url) if config.bench_two_step_enqueue => {
+                Arc::new(TwoStepRedisQueue(RedisQueue::connect(url).await?))
+            }
             Some(url) => Arc::new(RedisQueue::connect(url).await?),
             None => sql_queue,
         };

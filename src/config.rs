@@ -162,6 +162,13 @@ pub struct Config {
           value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Benchmark reference only: enqueue each item as a per-item path does, one dedup command
+    /// (`SADD`) and then one store command (`HSET`), two round trips per item, not atomic. Needs
+    /// REDIS_URL; never for real traffic.
+    #[arg(long = "bench-two-step-enqueue", env = "SLUICE_BENCH_TWO_STEP_ENQUEUE", value_name = "SLUICE_BENCH_TWO_STEP_ENQUEUE",
+          default_value_t = false, action = clap::ArgAction::Set, hide = true)]
+    pub bench_two_step_enqueue: bool,
+
     /// Comma-separated `tenant:key` pairs. Embedded mode without it generates a dev key.
     #[arg(
         long = "api-keys",
@@ -202,6 +209,7 @@ impl Config {
             shutdown_grace_ms: 30_000,
             metrics_listen: None,
             log_format: LogFormat::Text,
+            bench_two_step_enqueue: false,
             api_keys: None,
         }
     }
@@ -214,6 +222,9 @@ impl Config {
                  every stream reserves that many",
                 self.max_items_in_flight, self.ingest_concurrency
             ));
+        }
+        if self.bench_two_step_enqueue && self.redis_url.is_none() {
+            return Err("SLUICE_BENCH_TWO_STEP_ENQUEUE needs REDIS_URL".into());
         }
         Ok(())
     }

@@ -615,3 +615,28 @@ async fn with_concurrency_one_the_first_line_of_an_index_wins(#[case] mode: Mode
     assert_eq!(response["itemsDeduplicated"], 1);
     assert_eq!(server.stored_item(&id, 0).await.unwrap()["task"], "first");
 }
+
+/// The per-item reference that `scripts/bench` measures (two round trips per item) stores and
+/// dedups like the grouped path, so the comparison is of speed alone.
+#[tokio::test]
+async fn the_two_step_benchmark_reference_dedups_like_the_grouped_path() {
+    let server = TestServer::start_with(Mode::Production, |config| {
+        config.bench_two_step_enqueue = true;
+        config.enqueue_batch_max_items = 1;
+    })
+    .await;
+    let id = server.new_batch(20).await;
+    let (status, body) = server.stream(&id, ndjson(0..12)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["itemsAccepted"], &body["sealed"]),
+        (&json!(12), &json!(false))
+    );
+    let (_, body) = server.stream(&id, ndjson(0..20)).await;
+    assert_sealed(&body, 8);
+    assert_eq!(body["itemsDeduplicated"], 12, "{body}");
+    assert_eq!(
+        server.stored_item(&id, 19).await.unwrap()["payload"],
+        json!({ "n": 19 })
+    );
+}

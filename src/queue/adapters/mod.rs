@@ -3,4 +3,4 @@
 pub mod redis;
 mod sql;
 
-pub use self::redis::RedisQueue;
+pub use self::redis::{RedisQueue, TwoStepRedisQueue};

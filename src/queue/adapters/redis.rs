@@ -193,6 +193,67 @@ impl ItemQueue for RedisQueue {
     }
 }
 
+/// The benchmark reference of a per-item enqueue: for each item one dedup command (`SADD` of its
+/// index), then, if the index was new, one store command (`HSET`). Two round trips per item and
+/// not atomic (a crash between the two marks an index without its item), so it is never used for
+/// real traffic; `scripts/bench` measures the grouped path against it.
+pub struct TwoStepRedisQueue(pub RedisQueue);
+
+#[async_trait]
+impl ItemQueue for TwoStepRedisQueue {
+    async fn enqueue(
+        &self,
+        batch_id: &str,
+        items: &[QueuedItem],
+    ) -> Result<Enqueued, DependencyError> {
+        let keys = BatchKeys::new(batch_id);
+        let seen = format!("sluice:{{{batch_id}}}:seen");
+        let mut connection = self.0.connection.clone();
+        let mut stored = Vec::with_capacity(items.len());
+        for item in items {
+            let new: bool = redis::cmd("SADD")
+                .arg(&seen)
+                .arg(item.index)
+                .query_async(&mut connection)
+                .await?;
+            if new {
+                let _: () = redis::cmd("HSET")
+                    .arg(&keys.items)
+                    .arg(item.index)
+                    .arg(item.body.as_ref())
+                    .query_async(&mut connection)
+                    .await?;
+            }
+            stored.push(new);
+        }
+        Ok(Enqueued {
+            stored,
+            taken_after: None,
+        })
+    }
+
+    async fn progress(&self, batch_id: &str) -> Result<Progress, DependencyError> {
+        self.0.progress(batch_id).await
+    }
+
+    async fn missing(
+        &self,
+        batch_id: &str,
+        run_count: u32,
+        limit: usize,
+    ) -> Result<Vec<IndexRange>, DependencyError> {
+        self.0.missing(batch_id, run_count, limit).await
+    }
+
+    async fn item(&self, batch_id: &str, index: u32) -> Result<Option<Bytes>, DependencyError> {
+        self.0.item(batch_id, index).await
+    }
+
+    async fn ping(&self) -> Result<(), DependencyError> {
+        self.0.ping().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
