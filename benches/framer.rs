@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::ingest::framer::LineFramer;
+use sluice::protocol::framer::LineFramer;
 
 const READ_BYTES: usize = 64 * 1024;
 const MAX_LINE_BYTES: usize = 3_145_728;

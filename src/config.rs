@@ -1,6 +1,6 @@
 //! Every knob of the server: its environment name, default and validation, in one place.
 //!
-//! Names match SPEC §5, `.env.example` and the README. An invalid value stops the server at start
+//! Names match `.env.example` and the README's configuration table. An invalid value stops the server at start
 //! with a message naming the variable.
 
 use std::net::SocketAddr;

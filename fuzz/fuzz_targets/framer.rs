@@ -20,22 +20,10 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 
-/// Sluice's framer and item decoder, compiled from its sources rather than through the `sluice`
-/// crate, whose AWS SDK and SQL dependencies would otherwise be built with the sanitizer too.
-#[path = "../../src/ingest"]
-#[allow(dead_code)]
-mod ingest {
-    pub mod framer;
-    pub mod index_probe;
-    pub mod item;
-    pub mod quote;
-    pub mod stored;
-}
-
-use ingest::framer::{Frame, FrameKind, LineFramer};
-use ingest::index_probe::{Probe, probe_index};
-use ingest::item::{Decoded, LineCode, LineRules, decode_frame};
-use ingest::stored::OFFLOADED_PAYLOAD_TYPE;
+use sluice_protocol::framer::{Frame, FrameKind, LineFramer};
+use sluice_protocol::index_probe::{Probe, probe_index};
+use sluice_protocol::item::{Decoded, LineCode, LineRules, decode_frame};
+use sluice_protocol::stored::OFFLOADED_PAYLOAD_TYPE;
 
 /// One fuzz input: `[max_line_bytes, head_bytes, run_count, n, n read sizes…, body…]`. Small
 /// limits make oversized lines common, a small `runCount` makes indexes in and out of range both
@@ -79,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
 /// an oversized line's length.
 type Owned = (u64, Vec<u8>, Option<u64>);
 
-/// Checks `frame` decodes as SPEC §2 says, and keeps it to compare.
+/// Checks `frame` decodes as the item rules (docs/protocol.md) say, and keeps it to compare.
 fn check_and_keep(frame: Frame<'_>, emit_position: u64, rules: LineRules) -> Owned {
     check_item(&frame, emit_position, rules);
     match frame.kind {
@@ -117,7 +105,7 @@ fn frame_in_reads(input: &Input<'_>, rules: LineRules) -> Vec<Owned> {
     frames
 }
 
-/// The frames SPEC §2 asks for, from the whole body at once, written as plainly as possible.
+/// The frames the framing rules (docs/protocol.md) ask for, from the whole body at once, written as plainly as possible.
 fn expected_frames(body: &[u8], max: usize, head_bytes: usize) -> Vec<Owned> {
     let mut lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
     // What follows the last `\n` is an unterminated last line, or nothing.
@@ -174,7 +162,7 @@ fn check_item(frame: &Frame<'_>, emit_position: u64, rules: LineRules) {
             assert_ne!(payload_type, OFFLOADED_PAYLOAD_TYPE);
             let options = options.unwrap_or_default();
             assert!(options.keys().all(|key| !key.starts_with("__")));
-            // SPEC §2: a line that is not UTF-8 or not JSON is a failed item, never a valid one.
+            // The item rules: a line that is not UTF-8 or not JSON is a failed item, never a valid one.
             let text = std::str::from_utf8(bytes).expect("a valid item is UTF-8");
             serde_json::from_str::<&RawValue>(text).expect("a valid item is JSON");
             let item: IndexOf = serde_json::from_str(text).expect("a valid item has an index");

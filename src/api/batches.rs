@@ -12,9 +12,9 @@ use serde_json::value::RawValue;
 
 use super::auth::Tenant;
 use super::error::ApiError;
-use super::wire::{BatchResponse, CreateBatchRequest, CreateBatchResponse, RunCounts};
 use crate::app::AppState;
-use crate::ingest::quote::bounded;
+use crate::protocol::quote::bounded;
+use crate::protocol::wire::{BatchResponse, CreateBatchRequest, CreateBatchResponse, RunCounts};
 use crate::store::{Batch, Created, Millis, NewBatch, now_millis};
 
 pub const MAX_CREATE_BODY_BYTES: usize = 128 * 1024;

@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::admission::Overload;
-use super::wire::IngestResponse;
 use crate::dependency::DependencyError;
 use crate::ingest::body::BodyStop;
-use crate::ingest::quote::bounded;
+use crate::protocol::quote::bounded;
+use crate::protocol::wire::IngestResponse;
 
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECONDS: &str = "1";

@@ -5,9 +5,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::wire::{ErrorDetail, HealthResponse};
 use crate::app::AppState;
 use crate::dependency::DependencyError;
+use crate::protocol::wire::{ErrorDetail, HealthResponse};
 
 /// "ok" or "unavailable"; the reason goes to the log, not to the (unauthenticated) caller.
 fn describe(result: &Result<(), DependencyError>) -> String {

@@ -10,13 +10,13 @@ use axum::response::{IntoResponse, Response};
 use super::auth::Tenant;
 use super::batches::BatchId;
 use super::error::ApiError;
-use super::wire::{IngestResponse, RejectedLine};
 use crate::app::AppState;
 use crate::ingest::body::{BodyStop, ContentEncoding, body_reads};
 use crate::ingest::pipeline::{IngestError, IngestTarget, ingest};
-use crate::ingest::quote::{bounded, quote};
 use crate::ingest::seal::{SealOutcome, seal_if_complete};
 use crate::ingest::summary::IngestSummary;
+use crate::protocol::quote::{bounded, quote};
+use crate::protocol::wire::{IngestResponse, RejectedLine};
 use crate::store::{Batch, BatchStatus, now_millis};
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {

@@ -7,7 +7,6 @@ pub mod error;
 pub mod health;
 pub mod items;
 pub mod rate_limit;
-pub mod wire;
 
 use std::any::Any;
 use std::time::Instant;

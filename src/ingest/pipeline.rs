@@ -17,13 +17,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::{FutureExt, Stream, StreamExt};
 
-use super::framer::{Frame, FrameKind, map_frames};
-use super::item::{Decoded, LineCode, LineRules, Rejection, decode_frame};
-use super::stored::{OFFLOADED_PAYLOAD_TYPE, StoredFailure, StoredItem, to_json};
 use super::summary::IngestSummary;
 use crate::dependency::DependencyError;
 use crate::metrics;
 use crate::payloads::{PayloadStore, payload_key};
+use crate::protocol::framer::{Frame, FrameKind, map_frames};
+use crate::protocol::item::{Decoded, LineCode, LineRules, Rejection, decode_frame};
+use crate::protocol::stored::{OFFLOADED_PAYLOAD_TYPE, StoredFailure, StoredItem, to_json};
 use crate::queue::{ItemQueue, QueuedItem};
 
 /// Most item bytes one enqueue call carries (one item is always let through).

@@ -1,7 +1,7 @@
 //! What one request did to a batch, tallied as items are enqueued.
 
-use super::item::{LineCode, Rejection};
 use crate::metrics;
+use crate::protocol::item::{LineCode, Rejection};
 
 /// At most this many rejections are listed in a response (all are counted).
 pub const MAX_LISTED_REJECTIONS: usize = 100;

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use rstest::rstest;
 use serde_json::{Value, json};
-use sluice::api::wire::IngestResponse;
 use sluice::cli::send::{
     IndexRanges, NoProgress, RetryPolicy, SendError, SendOptions, SendReport, Shape, Source, send,
 };
+use sluice::protocol::wire::IngestResponse;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 

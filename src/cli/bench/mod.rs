@@ -17,7 +17,7 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use self::body::{BodyShape, generate};
 use self::stats::{Percentiles, peak_rss_bytes, percentiles, reset_peak_rss};
-use crate::api::wire::{CreateBatchRequest, CreateBatchResponse, IngestResponse};
+use crate::protocol::wire::{CreateBatchRequest, CreateBatchResponse, IngestResponse};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {

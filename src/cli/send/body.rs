@@ -16,7 +16,7 @@ use super::error::SendError;
 use super::input::{PreparedInput, Shape};
 use super::lines::{LineReader, READ_BUFFER_BYTES, check_payload, content, is_blank};
 use super::progress::{Progress, ProgressEvent};
-use crate::ingest::index_probe::{Probe, probe_index};
+use crate::protocol::index_probe::{Probe, probe_index};
 
 /// Bytes gathered before a chunk is handed to the connection.
 const CHUNK_BYTES: usize = 64 * 1024;

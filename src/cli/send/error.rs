@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use reqwest::StatusCode;
 
-use crate::api::wire::RejectedLine;
+use crate::protocol::wire::RejectedLine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {

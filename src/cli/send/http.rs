@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::error::SendError;
 use super::retry::{is_retryable_status, retry_after};
-use crate::api::wire::{CreateBatchRequest, CreateBatchResponse, ErrorDetail, IngestResponse};
+use crate::protocol::wire::{CreateBatchRequest, CreateBatchResponse, ErrorDetail, IngestResponse};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of an unexpected (non-JSON) answer quoted in an error.

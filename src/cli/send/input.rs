@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::SendError;
 use super::lines::{LineReader, READ_BUFFER_BYTES, check_payload, content, is_blank};
 use super::progress::{Progress, ProgressEvent};
-use crate::ingest::index_probe::{Probe, probe_index};
+use crate::protocol::index_probe::{Probe, probe_index};
 
 /// Versioned so that a change of the key's recipe never matches a batch made by an older one.
 const KEY_DOMAIN: &[u8] = b"sluice send v1\0";

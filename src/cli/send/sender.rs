@@ -18,7 +18,7 @@ use super::http::{Api, CallError};
 use super::input::{PreparedInput, Shape, Source, prepare};
 use super::progress::{Progress, ProgressEvent};
 use super::retry::RetryPolicy;
-use crate::api::wire::{CreateBatchRequest, IngestResponse};
+use crate::protocol::wire::{CreateBatchRequest, IngestResponse};
 
 /// Error code of a batch that was aborted or expired.
 const BATCH_NOT_PENDING: &str = "BATCH_NOT_PENDING";

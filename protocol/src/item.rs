@@ -1,7 +1,7 @@
 //! Decides what one framed line becomes: a valid item, a failed item at an index, or a rejection.
 //!
-//! Pure and synchronous: no I/O here. The rules are SPEC §2's table; the index of a line that cannot
-//! be parsed is read from its first bytes, else it is the line's emit position.
+//! Pure and synchronous: no I/O here. The rules are the table of `docs/protocol.md`; the index of a
+//! line that cannot be parsed is read from its first bytes, else it is the line's emit position.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
