@@ -1,27 +1,25 @@
-//! The running service: backends chosen by configuration, shared state, and the serve loop.
+//! Wiring: the backends the configuration selects, and the serve loop that hands them to the HTTP
+//! layer and the jobs. It builds things and starts them; it holds no rule of its own.
 
 use std::future::Future;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::admission::LoadShield;
+use crate::api::ApiState;
 use crate::api::auth::ApiKeys;
-use crate::api::error::ApiError;
-use crate::api::rate_limit::CreateRateLimiter;
 use crate::config::Config;
 use crate::dependency::DependencyError;
-use crate::ingest::body::{BodyLimits, StopSignal};
-use crate::ingest::pipeline::IngestLimits;
 use crate::payloads::PayloadStore;
 use crate::payloads::adapters::{FsPayloadStore, S3PayloadStore};
+use crate::ports::Ports;
 use crate::queue::ItemQueue;
 use crate::queue::adapters::{RedisQueue, TwoStepRedisQueue};
+use crate::store::BatchStore;
 use crate::store::adapters::{PostgresStore, SqliteStore};
-use crate::store::{Batch, BatchStatus, BatchStore, Millis};
+use crate::tasks::NamedTask;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -41,8 +39,6 @@ pub struct App {
     pub keys: ApiKeys,
     /// The generated key of the embedded mode, when no keys were configured.
     pub dev_key: Option<String>,
-    pub shield: LoadShield,
-    pub create_limiter: CreateRateLimiter,
     /// Bound at build time (so a bad address stops the start); served by [`serve`].
     pub metrics_listener: Option<TcpListener>,
 }
@@ -95,11 +91,6 @@ impl App {
             None => Arc::new(FsPayloadStore::open(&config.data_dir.join("payloads")).await?),
         };
         Ok(Self {
-            shield: LoadShield::new(config.max_streams, config.max_items_in_flight),
-            create_limiter: CreateRateLimiter::new(
-                config.create_rate_per_second,
-                config.create_rate_burst,
-            ),
             metrics_listener,
             config,
             store,
@@ -108,71 +99,6 @@ impl App {
             keys,
             dev_key,
         })
-    }
-}
-
-/// What every handler gets: the app behind one `Arc`, and the server's shutdown token.
-#[derive(Clone)]
-pub struct AppState {
-    app: Arc<App>,
-    shutdown: CancellationToken,
-}
-
-impl Deref for AppState {
-    type Target = App;
-
-    fn deref(&self) -> &App {
-        &self.app
-    }
-}
-
-impl AppState {
-    pub fn ingest_limits(&self) -> IngestLimits {
-        IngestLimits {
-            concurrency: self.config.ingest_concurrency as usize,
-            max_items_per_enqueue: self.config.enqueue_batch_max_items as usize,
-            max_line_bytes: self.config.item_max_bytes as usize,
-            offload_threshold_bytes: self.config.offload_threshold_bytes as usize,
-        }
-    }
-
-    pub fn body_limits(&self) -> BodyLimits {
-        BodyLimits {
-            max_encoded_bytes: self.config.max_encoded_body_bytes,
-            max_decoded_bytes: self.config.max_body_bytes,
-            idle_timeout: Duration::from_millis(self.config.body_idle_timeout_ms),
-        }
-    }
-
-    /// Resolves when streams must stop reading: the shutdown grace period has passed.
-    pub fn stream_stop(&self) -> StopSignal {
-        let shutdown = self.shutdown.clone();
-        let grace = self.shutdown_grace();
-        Box::pin(async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
-        })
-    }
-
-    fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.config.shutdown_grace_ms)
-    }
-
-    /// The tenant's batch, or 404 (also for another tenant's batch).
-    pub async fn find_batch(&self, tenant: &str, id: &str) -> Result<Batch, ApiError> {
-        self.store
-            .batch(tenant, id)
-            .await?
-            .ok_or(ApiError::BatchNotFound)
-    }
-
-    /// The batch's status, counting an unsealed batch past its seal timeout as aborted.
-    pub fn effective_status(&self, batch: &Batch, now: Millis) -> BatchStatus {
-        if batch.is_expired(self.config.seal_timeout_ms as i64, now) {
-            BatchStatus::Aborted
-        } else {
-            batch.status
-        }
     }
 }
 
@@ -190,16 +116,31 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let metrics = app.metrics_listener.take().map(|metrics_listener| {
-        tokio::spawn(crate::metrics::serve(metrics_listener, shutdown.clone()))
-    });
-    let state = AppState {
-        app: Arc::new(app),
-        shutdown: shutdown.clone(),
+    let mut tasks = Vec::new();
+    if let Some(metrics_listener) = app.metrics_listener.take() {
+        let metrics = crate::metrics::serve(metrics_listener, shutdown.clone());
+        tasks.push(NamedTask {
+            name: "metrics-listener",
+            handle: tokio::spawn(async move {
+                if let Err(error) = metrics.await {
+                    tracing::error!(%error, "the metrics listener failed");
+                }
+            }),
+        });
+    }
+    let ports = Ports {
+        store: app.store,
+        queue: app.queue,
+        payloads: app.payloads,
     };
-    let grace = state.shutdown_grace();
-    let jobs = crate::jobs::spawn(state.clone(), shutdown.clone());
-    let served = axum::serve(listener, crate::api::router(state))
+    tasks.extend(crate::jobs::spawn(&app.config, &ports, &shutdown));
+    let grace = Duration::from_millis(app.config.shutdown_grace_ms);
+    let api = ApiState::new(app.config, ports, app.keys, shutdown.clone());
+    tasks.push(crate::api::rate_limit::forget_idle_tenants_every_minute(
+        api.create_limiter.clone(),
+        shutdown.clone(),
+    ));
+    let served = axum::serve(listener, crate::api::router(api))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
     let served = finish_within(served, async {
@@ -208,10 +149,7 @@ pub async fn serve(
     })
     .await;
     shutdown.cancel();
-    jobs.await.ok();
-    if let Some(metrics) = metrics {
-        metrics.await.ok();
-    }
+    crate::tasks::join_all(tasks).await;
     served
 }
 

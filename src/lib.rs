@@ -12,7 +12,9 @@ pub mod ingest;
 pub mod jobs;
 pub mod metrics;
 pub mod payloads;
+pub mod ports;
 /// The wire protocol: framing, item rules, stored shapes, API bodies (the `sluice-protocol` crate).
 pub use sluice_protocol as protocol;
 pub mod queue;
 pub mod store;
+pub mod tasks;

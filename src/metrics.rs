@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::dependency::DependencyError;
+use crate::tasks;
 
 /// Latency buckets in seconds, from a local write to a slow object store.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -40,28 +41,28 @@ fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled, with the histograms'
+/// upkeep alongside.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     let handle = install();
     let upkeep = {
         let handle = handle.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(UPKEEP_INTERVAL);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = interval.tick() => handle.run_upkeep(),
-                }
-            }
-        })
+        tasks::every(
+            "metrics-upkeep",
+            UPKEEP_INTERVAL,
+            UPKEEP_INTERVAL,
+            shutdown.clone(),
+            move || {
+                handle.run_upkeep();
+                std::future::ready(())
+            },
+        )
     };
     let router = Router::new().route("/metrics", get(move || async move { handle.render() }));
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
-    upkeep.await.ok();
+    tasks::join_all(vec![upkeep]).await;
     served
 }
 

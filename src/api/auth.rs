@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use crate::app::AppState;
+use super::state::ApiState;
 
 /// The tenant the request's API key belongs to.
 #[derive(Debug, Clone)]
@@ -101,10 +101,10 @@ fn owner_only(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-impl FromRequestParts<AppState> for Tenant {
+impl FromRequestParts<ApiState> for Tenant {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         let key = parts
             .headers
             .get(AUTHORIZATION)

@@ -12,13 +12,13 @@ use serde_json::value::RawValue;
 
 use super::auth::Tenant;
 use super::error::ApiError;
-use crate::app::AppState;
+use super::state::ApiState;
+use crate::ingest::batches as ingest;
 use crate::protocol::quote::bounded;
 use crate::protocol::wire::{BatchResponse, CreateBatchRequest, CreateBatchResponse, RunCounts};
-use crate::store::{Batch, Created, Millis, NewBatch, now_millis};
+use crate::store::{Batch, Created, Millis};
 
 pub const MAX_CREATE_BODY_BYTES: usize = 128 * 1024;
-const MAX_IDEMPOTENCY_KEY_CHARS: usize = 2048;
 
 /// A JSON object body, with rejections answered in Sluice's error shape.
 ///
@@ -72,62 +72,18 @@ where
     }
 }
 
-/// A new unguessable batch id: 128 random bits, URL-safe.
-fn new_batch_id() -> String {
-    format!("batch_{:032x}", rand::random::<u128>())
-}
-
-/// Checks a Phase 1 request beyond its JSON shape; returns its runCount.
-fn validate(request: &CreateBatchRequest, max_items: u32) -> Result<u32, ApiError> {
-    let run_count = u32::try_from(request.run_count)
-        .ok()
-        .filter(|count| (1..=max_items).contains(count))
-        .ok_or_else(|| {
-            ApiError::InvalidRequest(format!(
-                "runCount must be an integer from 1 to {max_items}, got {}",
-                request.run_count
-            ))
-        })?;
-    if let Some(key) = &request.idempotency_key
-        && key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS
-    {
-        return Err(ApiError::InvalidRequest(format!(
-            "idempotencyKey must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters"
-        )));
-    }
-    // Postgres text cannot hold NUL; refusing it here gives both modes the same answer.
-    for (name, value) in [
-        ("idempotencyKey", &request.idempotency_key),
-        ("parentRunId", &request.parent_run_id),
-    ] {
-        if value.as_deref().is_some_and(|value| value.contains('\0')) {
-            return Err(ApiError::InvalidRequest(format!(
-                "{name} must not contain NUL characters"
-            )));
-        }
-    }
-    Ok(run_count)
-}
-
 pub async fn create_batch(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     Tenant(tenant): Tenant,
     ApiJson(request): ApiJson<CreateBatchRequest>,
 ) -> Result<Response, ApiError> {
-    let run_count = validate(&request, state.config.max_items)?;
-    let created = state
-        .store
-        .create_batch(NewBatch {
-            id: new_batch_id(),
-            tenant,
-            run_count,
-            idempotency_key: request.idempotency_key,
-            task_identifiers: request.task_identifiers.unwrap_or_default(),
-            parent_run_id: request.parent_run_id,
-            resume_parent_on_completion: request.resume_parent_on_completion.unwrap_or(false),
-            created_at: now_millis(),
-        })
-        .await?;
+    let created = ingest::create_batch(
+        state.ports.store.as_ref(),
+        tenant,
+        request,
+        state.config.max_items,
+    )
+    .await?;
     let (status, batch, is_cached) = match created {
         Created::New(batch) => (StatusCode::ACCEPTED, batch, false),
         Created::Existing(batch) => (StatusCode::OK, batch, true),
@@ -148,13 +104,18 @@ pub fn rfc3339(millis: Millis) -> String {
 }
 
 pub async fn get_batch(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     Tenant(tenant): Tenant,
     BatchId(id): BatchId,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    let batch = state.find_batch(&tenant, &id).await?;
-    let progress = state.queue.progress(&batch.id).await?;
-    let status = state.effective_status(&batch, now_millis());
+    let (batch, status) = ingest::find_batch(
+        state.ports.store.as_ref(),
+        &tenant,
+        &id,
+        state.config.seal_timeout_ms,
+    )
+    .await?;
+    let progress = state.ports.queue.progress(&batch.id).await?;
     let Batch {
         id,
         run_count,
@@ -192,26 +153,6 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-
-    fn request(body: serde_json::Value) -> CreateBatchRequest {
-        serde_json::from_value(body).unwrap()
-    }
-
-    #[test]
-    fn create_requests_are_checked_beyond_their_shape() {
-        let valid = request(serde_json::json!({ "runCount": 3, "idempotencyKey": "k" }));
-        assert_eq!(validate(&valid, 10).unwrap(), 3);
-        for invalid in [
-            serde_json::json!({ "runCount": 0 }),
-            serde_json::json!({ "runCount": 11 }),
-            serde_json::json!({ "runCount": 1, "idempotencyKey": "k".repeat(2049) }),
-            serde_json::json!({ "runCount": 1, "idempotencyKey": "a\0b" }),
-            serde_json::json!({ "runCount": 1, "parentRunId": "\0" }),
-        ] {
-            let error = validate(&request(invalid.clone()), 10).unwrap_err();
-            assert_eq!(error.code(), "INVALID_REQUEST", "{invalid}");
-        }
-    }
 
     async fn status_of(path: &str) -> (StatusCode, String) {
         let app = Router::new().route(

@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::admission::Overload;
+use super::body::BodyStop;
 use crate::dependency::DependencyError;
-use crate::ingest::body::BodyStop;
+use crate::ingest::batches::BatchError;
 use crate::protocol::quote::bounded;
 use crate::protocol::wire::IngestResponse;
 
@@ -204,6 +205,18 @@ impl IntoResponse for ApiError {
             headers.insert(RATE_LIMIT_RESET, retry_after_seconds.into());
         }
         response
+    }
+}
+
+/// The one place a use case's error becomes an HTTP answer.
+impl From<BatchError> for ApiError {
+    fn from(error: BatchError) -> Self {
+        match error {
+            BatchError::Invalid(message) => Self::InvalidRequest(message),
+            BatchError::NotFound => Self::BatchNotFound,
+            BatchError::NotPending(status) => Self::BatchNotPending(status.as_str()),
+            BatchError::Dependency(error) => Self::Dependency(error),
+        }
     }
 }
 

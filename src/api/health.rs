@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
+use super::state::ApiState;
 use crate::dependency::DependencyError;
 use crate::protocol::wire::{ErrorDetail, HealthResponse};
 
@@ -20,11 +20,11 @@ fn describe(result: &Result<(), DependencyError>) -> String {
     }
 }
 
-pub async fn healthz(State(state): State<AppState>) -> Response {
+pub async fn healthz(State(state): State<ApiState>) -> Response {
     let (database, queue, payloads) = tokio::join!(
-        state.store.ping(),
-        state.queue.ping(),
-        state.payloads.ping()
+        state.ports.store.ping(),
+        state.ports.queue.ping(),
+        state.ports.payloads.ping()
     );
     let healthy = database.is_ok() && queue.is_ok() && payloads.is_ok();
     let body = HealthResponse {

@@ -1,7 +1,5 @@
 //! Phase 2: `POST /api/v3/batches/{id}/items`, an NDJSON body streamed into the batch.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
@@ -9,15 +7,13 @@ use axum::response::{IntoResponse, Response};
 
 use super::auth::Tenant;
 use super::batches::BatchId;
+use super::body::{BodyStop, ContentEncoding, body_reads};
 use super::error::ApiError;
-use crate::app::AppState;
-use crate::ingest::body::{BodyStop, ContentEncoding, body_reads};
-use crate::ingest::pipeline::{IngestError, IngestTarget, ingest};
-use crate::ingest::seal::{SealOutcome, seal_if_complete};
-use crate::ingest::summary::IngestSummary;
+use super::state::ApiState;
+use crate::ingest::batches::{StreamReport, StreamStop, stream_into_batch};
+use crate::ingest::seal::SealOutcome;
 use crate::protocol::quote::{bounded, quote};
 use crate::protocol::wire::{IngestResponse, RejectedLine};
-use crate::store::{Batch, BatchStatus, now_millis};
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let content_type = headers
@@ -62,7 +58,7 @@ fn check_declared_length(headers: &HeaderMap, max_encoded_bytes: u64) -> Result<
 }
 
 pub async fn stream_items(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     Tenant(tenant): Tenant,
     BatchId(id): BatchId,
     request: Request,
@@ -79,93 +75,51 @@ pub async fn stream_items(
             crate::metrics::request_shed("overloaded");
             ApiError::Overloaded(overload)
         })?;
-    let batch = state.find_batch(&tenant, &id).await?;
-    if batch.sealed {
-        // Nothing can be added to a sealed batch: answer without reading the body.
-        let summary = IngestSummary::default();
-        let outcome = sealed_outcome(&batch);
-        return Ok(Json(response(&batch, &summary, Some(&outcome))).into_response());
-    }
-    match state.effective_status(&batch, now_millis()) {
-        BatchStatus::Pending => {}
-        other => return Err(ApiError::BatchNotPending(other.as_str())),
-    }
-
-    let target = IngestTarget {
-        batch_id: Arc::from(batch.id.as_str()),
-        run_count: batch.run_count,
-        queue: state.queue.clone(),
-        payloads: state.payloads.clone(),
-    };
     let reads = body_reads(body, encoding, state.body_limits(), state.stream_stop());
-    let (summary, result) = ingest(reads, &target, state.ingest_limits()).await;
-    summary.record_metrics();
-    let body_error = match result {
-        Ok(()) => None,
-        // A backend failed mid-stream: no seal is tried, and the answer still says what this
-        // request enqueued before it failed (all of it is kept). So does a failed seal below.
-        Err(IngestError::Dependency(error)) => {
-            let body = response(&batch, &summary, None);
-            return Err(ApiError::StreamFailed(error, Box::new(body)));
-        }
-        // The items read before the body broke are kept; the batch may even be complete now.
-        Err(IngestError::Body(error)) => Some(error),
-    };
-    let outcome = seal_if_complete(
-        state.store.as_ref(),
-        state.queue.as_ref(),
-        &batch,
-        summary.taken_after,
+    let report = stream_into_batch(
+        &state.ports,
+        &tenant,
+        &id,
+        reads,
+        state.ingest_limits(),
+        state.config.seal_timeout_ms,
     )
-    .await
-    .map_err(|error| ApiError::StreamFailed(error, Box::new(response(&batch, &summary, None))))?;
-    if let Some(current) = &outcome.unsealed {
-        // Aborted while this stream ran: what was read is kept, but the batch will never seal.
-        match state.effective_status(current, now_millis()) {
-            BatchStatus::Pending => {}
-            other => return Err(ApiError::BatchNotPending(other.as_str())),
+    .await?;
+    let body = Box::new(response(&report));
+    match report.stop {
+        Some(StreamStop::Dependency(error)) => Err(ApiError::StreamFailed(error, body)),
+        Some(StreamStop::Body(error)) => {
+            tracing::info!(batch = %report.batch.id, accepted = report.summary.accepted, error = %error, "stream ended early");
+            Err(match BodyStop::of(&error) {
+                Some(stop) => ApiError::StreamStopped(stop, body),
+                None => ApiError::UnreadableBody(bounded(error.to_string())),
+            })
         }
-    }
-    let body = response(&batch, &summary, Some(&outcome));
-    if let Some(error) = body_error {
-        tracing::info!(batch = %batch.id, accepted = summary.accepted, error = %error, "stream ended early");
-        return Err(match BodyStop::of(&error) {
-            Some(stop) => ApiError::StreamStopped(stop, Box::new(body)),
-            None => ApiError::UnreadableBody(bounded(error.to_string())),
-        });
-    }
-    if summary.rejected_total > 0 {
-        return Err(ApiError::ItemsRejected(Box::new(body)));
-    }
-    Ok(Json(body).into_response())
-}
-
-fn sealed_outcome(batch: &Batch) -> SealOutcome {
-    SealOutcome {
-        sealed: true,
-        progress: crate::queue::Progress {
-            enqueued: u64::from(batch.run_count),
-            failed: 0,
-        },
-        missing: Vec::new(),
-        unsealed: None,
+        None if report.summary.rejected_total > 0 => Err(ApiError::ItemsRejected(body)),
+        None => Ok(Json(*body).into_response()),
     }
 }
 
-/// The ingest summary; `outcome` is `None` when no seal could be tried (a backend failed), and the
-/// counts of the batch as a whole are then left out.
-fn response(
-    batch: &Batch,
-    summary: &IngestSummary,
-    outcome: Option<&SealOutcome>,
-) -> IngestResponse {
-    let sealed = outcome.is_some_and(|outcome| outcome.sealed);
-    let unsealed = outcome.filter(|outcome| !outcome.sealed);
+/// The ingest summary of a report. The counts of the batch as a whole are there only when it is
+/// not sealed and they are known (not after a backend failed).
+fn response(report: &StreamReport) -> IngestResponse {
+    let StreamReport {
+        batch,
+        summary,
+        seal,
+        ..
+    } = report;
+    let unsealed = match seal {
+        Some(SealOutcome::Unsealed {
+            progress, missing, ..
+        }) => Some((progress, missing)),
+        _ => None,
+    };
     IngestResponse {
         id: batch.id.clone(),
         items_accepted: summary.accepted,
         items_deduplicated: summary.deduplicated,
-        sealed,
+        sealed: matches!(seal, Some(SealOutcome::Sealed)),
         items_failed: summary.failed,
         items_rejected: summary.rejected_total,
         rejected: summary
@@ -178,8 +132,8 @@ fn response(
                 message: rejection.message.clone(),
             })
             .collect(),
-        enqueued_count: unsealed.map(|outcome| outcome.progress.enqueued),
+        enqueued_count: unsealed.map(|(progress, _)| progress.enqueued),
         expected_count: unsealed.map(|_| batch.run_count),
-        missing: unsealed.map(|outcome| outcome.missing.iter().map(|&(a, b)| [a, b]).collect()),
+        missing: unsealed.map(|(_, missing)| missing.iter().map(|&(a, b)| [a, b]).collect()),
     }
 }

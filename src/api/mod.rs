@@ -1,12 +1,16 @@
-//! HTTP: the router, one module per resource, the error mapping and the auth extractor.
+//! HTTP: the router, one module per resource, the error mapping, the auth extractor, and the
+//! layer's own state. Handlers parse, call a use case (`crate::ingest`), and map its result; the
+//! HTTP layer is the only one that knows HTTP, and nothing below imports it.
 
 pub mod admission;
 pub mod auth;
 pub mod batches;
+pub mod body;
 pub mod error;
 pub mod health;
 pub mod items;
 pub mod rate_limit;
+pub mod state;
 
 use std::any::Any;
 use std::time::Instant;
@@ -25,7 +29,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use self::error::ApiError;
-use crate::app::AppState;
+pub use self::state::ApiState;
 
 fn request_span(request: &Request<Body>) -> tracing::Span {
     let request_id = request
@@ -70,7 +74,7 @@ async fn record_request(request: Request<Body>, next: Next) -> Response {
     response
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: ApiState) -> Router {
     let create = post(batches::create_batch)
         .layer(DefaultBodyLimit::max(batches::MAX_CREATE_BODY_BYTES))
         .layer(middleware::from_fn_with_state(

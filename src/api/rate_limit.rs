@@ -5,6 +5,7 @@
 //! items, not its request.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Request, State};
@@ -14,11 +15,13 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
 
 use super::auth::Tenant;
 use super::error::{ApiError, RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING};
-use crate::app::AppState;
+use super::state::ApiState;
 use crate::metrics;
+use crate::tasks::{self, NamedTask};
 
 type TenantBuckets =
     RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
@@ -80,10 +83,30 @@ impl CreateRateLimiter {
     }
 }
 
+/// How often idle tenants' buckets are forgotten.
+const FORGET_IDLE_PERIOD: Duration = Duration::from_secs(60);
+
+/// The limiter's upkeep: forgets idle tenants every minute until shutdown.
+pub fn forget_idle_tenants_every_minute(
+    limiter: Arc<CreateRateLimiter>,
+    shutdown: CancellationToken,
+) -> NamedTask {
+    tasks::every(
+        "rate-limit-buckets",
+        FORGET_IDLE_PERIOD,
+        FORGET_IDLE_PERIOD,
+        shutdown,
+        move || {
+            limiter.forget_idle_tenants();
+            std::future::ready(())
+        },
+    )
+}
+
 /// Middleware of Phase 1: a tenant over its rate gets `429` before the request is looked at;
 /// allowed answers say how much of the bucket is left.
 pub async fn limit_creates(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     request: Request,
     next: Next,
 ) -> Response {

@@ -9,13 +9,16 @@ use crate::store::{Batch, BatchStore, now_millis};
 pub const MAX_MISSING_RANGES: usize = 1000;
 
 #[derive(Debug, Clone)]
-pub struct SealOutcome {
-    pub sealed: bool,
-    pub progress: Progress,
-    /// Ranges still missing; empty once sealed.
-    pub missing: Vec<IndexRange>,
-    /// The batch as it is now, when it did not seal (it may have been aborted meanwhile).
-    pub unsealed: Option<Batch>,
+pub enum SealOutcome {
+    /// Sealed, by this call or by a concurrent one.
+    Sealed,
+    Unsealed {
+        progress: Progress,
+        /// Ranges still missing, ascending, at most [`MAX_MISSING_RANGES`].
+        missing: Vec<IndexRange>,
+        /// The batch as it is now (it may have been aborted meanwhile), if it still exists.
+        current: Option<Batch>,
+    },
 }
 
 /// Seals the batch if every index is taken. `taken_hint` is a count of taken indexes the caller
@@ -36,30 +39,26 @@ pub async fn seal_if_complete(
         },
         _ => queue.progress(&batch.id).await?,
     };
-    let complete = progress.enqueued == u64::from(batch.run_count);
+    let complete = progress.enqueued == run_count;
     if complete && store.seal(&batch.id, now_millis()).await? {
         crate::metrics::batch_sealed();
-        return Ok(SealOutcome {
-            sealed: true,
-            progress,
-            missing: Vec::new(),
-            unsealed: None,
-        });
+        return Ok(SealOutcome::Sealed);
     }
     // Not sealed by this call: sealed by a concurrent request, aborted, or incomplete.
     let current = store.batch(&batch.tenant, &batch.id).await?;
-    let sealed = current.as_ref().is_some_and(|current| current.sealed);
-    let missing = if complete || sealed {
+    if current.as_ref().is_some_and(|current| current.sealed) {
+        return Ok(SealOutcome::Sealed);
+    }
+    let missing = if complete {
         Vec::new()
     } else {
         queue
             .missing(&batch.id, batch.run_count, MAX_MISSING_RANGES)
             .await?
     };
-    Ok(SealOutcome {
-        sealed,
+    Ok(SealOutcome::Unsealed {
         progress,
         missing,
-        unsealed: current.filter(|current| !current.sealed),
+        current,
     })
 }

@@ -1,19 +1,20 @@
-//! Periodic maintenance. Each job runs on its own cadence, never overlaps itself, and stops when
-//! the shutdown token is cancelled.
+//! Periodic maintenance. Each job runs on its own task and cadence (`crate::tasks::every`), never
+//! overlaps itself, stops when the shutdown token is cancelled, and is given the ports it needs,
+//! never the HTTP layer's state.
 
 mod expire;
-mod rate_buckets;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
+use crate::config::Config;
+use crate::ports::Ports;
+use crate::tasks::NamedTask;
 
-pub fn spawn(state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        tokio::join!(
-            expire::run(state.clone(), shutdown.clone()),
-            rate_buckets::run(state, shutdown),
-        );
-    })
+/// Starts every job; the caller joins them (`crate::tasks::join_all`) after shutdown.
+pub fn spawn(config: &Config, ports: &Ports, shutdown: &CancellationToken) -> Vec<NamedTask> {
+    vec![expire::spawn(
+        ports.store.clone(),
+        config.seal_timeout_ms,
+        shutdown.clone(),
+    )]
 }

@@ -81,6 +81,15 @@ impl Batch {
         self.status == BatchStatus::Aborted
             || (!self.sealed && now.saturating_sub(self.created_at) > seal_timeout_ms)
     }
+
+    /// The batch's status, counting an unsealed batch past its seal timeout as aborted.
+    pub fn effective_status(&self, seal_timeout_ms: i64, now: Millis) -> BatchStatus {
+        if self.is_expired(seal_timeout_ms, now) {
+            BatchStatus::Aborted
+        } else {
+            self.status
+        }
+    }
 }
 
 /// Result of Phase 1: a new batch, or the one an earlier request with the same key created.
