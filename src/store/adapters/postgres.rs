@@ -27,4 +27,9 @@ impl PostgresStore {
             .map_err(|error| DependencyError::failed(Dependency::Database, error))?;
         Ok(Self { pool })
     }
+
+    /// Postgres serves reads and writes from one pool.
+    pub(crate) fn reader(&self) -> &PgPool {
+        &self.pool
+    }
 }

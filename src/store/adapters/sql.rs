@@ -48,7 +48,7 @@ impl BatchStore for $store {
         ))
         .bind(id)
         .bind(tenant)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.reader())
         .await?;
         Ok(row.map(Batch::from))
     }

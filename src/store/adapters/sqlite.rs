@@ -1,4 +1,15 @@
 //! Batch metadata in SQLite, the embedded default.
+//!
+//! SQLite takes one writer at a time, so Sluice gives it exactly one: every write goes through a
+//! pool of one connection, where writers queue without ever meeting SQLite's busy lock (whose
+//! retry sleeps, up to 100 ms each, made the tail latency). Reads go through a separate pool of
+//! read-only connections, which in WAL mode never wait for the writer.
+//!
+//! Durability (`journal_mode = WAL`, `synchronous = NORMAL`): a commit is in the WAL file before it
+//! is acknowledged, so everything acknowledged survives a crash of the process. The WAL is synced
+//! to disk at checkpoints, not at every commit, so a power cut or kernel crash can lose the last
+//! commits before the most recent checkpoint (the database itself stays consistent). Production
+//! mode (Postgres) syncs every commit.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,9 +19,17 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::dependency::{Dependency, DependencyError};
 
+/// Read-only connections; reads are short, so a few serve many requests.
+const READERS: u32 = 4;
+/// Page cache of each connection, in KiB (SQLite's default is 2 MiB).
+const CACHE_KIB: i64 = 4 * 1024;
+
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// The one writer connection: every statement that writes goes here.
     pub(crate) pool: SqlitePool,
+    /// Read-only connections for statements that only read.
+    pub(crate) reader: SqlitePool,
 }
 
 impl SqliteStore {
@@ -18,19 +37,27 @@ impl SqliteStore {
     pub async fn open(path: &Path) -> Result<Self, DependencyError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            // Writers queue on SQLite's one write lock instead of failing.
+            .pragma("cache_size", format!("-{CACHE_KIB}"))
+            // Only another process could hold the lock: wait for it rather than fail.
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
+            .max_connections(1)
+            .connect_with(options.clone().create_if_missing(true))
             .await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(|error| DependencyError::failed(Dependency::Database, error))?;
-        Ok(Self { pool })
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { pool, reader })
+    }
+
+    pub(crate) fn reader(&self) -> &SqlitePool {
+        &self.reader
     }
 }
