@@ -126,6 +126,16 @@ pub fn request_shed(reason: &'static str) {
     counter!("sluice_requests_shed_total", "reason" => reason).increment(1);
 }
 
+/// A connection closed after an answer given before its body's end: how the drain of the rest
+/// ended (`drained`, `byte_cap`, `time_cap`, `broken`, or `refused` when every linger slot was
+/// taken), and the body bytes it threw away.
+pub fn lingering_close(end: &'static str, discarded_bytes: u64) {
+    counter!("sluice_lingering_closes_total", "end" => end).increment(1);
+    if discarded_bytes > 0 {
+        counter!("sluice_lingering_discarded_bytes_total").increment(discarded_bytes);
+    }
+}
+
 pub fn dependency_error(error: &DependencyError) {
     let kind = if error.is_unavailable() {
         "unavailable"

@@ -9,6 +9,7 @@ pub mod body;
 pub mod error;
 pub mod health;
 pub mod items;
+pub mod linger;
 pub mod rate_limit;
 pub mod state;
 
@@ -81,10 +82,18 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             rate_limit::limit_creates,
         ));
+    let lingering = linger::Lingering::new(linger::LingerLimits::from_config(&state.config));
+    let stream_items = post(items::stream_items)
+        // A catch-panic of its own, so that a panic's 500 also leaves through the linger layer.
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(
+            lingering,
+            linger::linger_after_early_answers,
+        ));
     Router::new()
         .route("/api/v3/batches", create)
         .route("/api/v3/batches/{id}", get(batches::get_batch))
-        .route("/api/v3/batches/{id}/items", post(items::stream_items))
+        .route("/api/v3/batches/{id}/items", stream_items)
         .route("/healthz", get(health::healthz))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
