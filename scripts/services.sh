@@ -8,6 +8,10 @@ S3S_VERSION=0.14.1
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+# Cleanups run at exit, last registered first (each service start registers its own).
+CLEANUPS=()
+on_exit() { CLEANUPS=("$1" "${CLEANUPS[@]}"); trap 'for c in "${CLEANUPS[@]}"; do eval "$c"; done' EXIT; }
+
 apt_install() {
   log "installing $* from Debian packages"
   if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq >&2; APT_UPDATED=1; fi
@@ -31,6 +35,14 @@ ensure_database() {
   local exists
   exists=$(psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")
   [ "$exists" = 1 ] || createdb -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" "$PG_DB"
+}
+
+# A database of this run's own, dropped at exit: migrations applied by another checkout (another
+# branch, an older run) can never meet this one's.
+fresh_database() {
+  PG_DB="sluice_test_$(date +%s)_$$"
+  createdb -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" "$PG_DB"
+  on_exit "dropdb -h $PG_HOST -p $PG_PORT -U $PG_USER --if-exists --force $PG_DB 2>/dev/null || true"
 }
 
 ensure_redis() {
@@ -59,7 +71,7 @@ start_s3() {
   s3s-fs --host 127.0.0.1 --port "$S3_PORT" --access-key sluice-test --secret-key sluice-test-secret \
     "$S3_ROOT" >"$S3_ROOT.log" 2>&1 &
   S3_PID=$!
-  trap 'kill $S3_PID 2>/dev/null || true; rm -rf "$S3_ROOT" "$S3_ROOT.log"' EXIT
+  on_exit 'kill $S3_PID 2>/dev/null || true; rm -rf "$S3_ROOT" "$S3_ROOT.log"'
   for _ in $(seq 1 100); do
     curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" && break
     sleep 0.1
