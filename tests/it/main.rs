@@ -4,6 +4,7 @@
 mod batches;
 mod ingest;
 mod limits;
+mod missing;
 mod observability;
 mod outage;
 mod send;
