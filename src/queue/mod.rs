@@ -1,11 +1,14 @@
 //! Per-index dedup and the item queue: each index of a batch is stored once, atomically with
 //! marking it taken.
 //!
-//! Adapters: Redis (production, one pipeline of `HSETNX` per call, every key in the batch's hash
-//! slot) and the SQL store (`INSERT … ON CONFLICT DO NOTHING`). An adapter must never leave an index marked but
-//! its item not stored.
+//! Adapters: Redis (production, one transaction of `HSETNX` per call that also sets the indexes'
+//! bits in a per-batch bitmap, every key in the batch's hash slot) and the SQL store
+//! (`INSERT … ON CONFLICT DO NOTHING`, with per-chunk counters updated in the same transaction).
+//! An adapter must never leave an index marked but its item not stored, and never reads every
+//! taken index of a batch to answer `progress` or `missing`.
 
 pub mod adapters;
+mod ranges;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -66,43 +69,4 @@ pub trait ItemQueue: Send + Sync + 'static {
     async fn item(&self, batch_id: &str, index: u32) -> Result<Option<Bytes>, DependencyError>;
 
     async fn ping(&self) -> Result<(), DependencyError>;
-}
-
-/// Ranges of indexes in `0..run_count` absent from `present`, which must be ascending.
-pub fn missing_ranges(
-    present: impl IntoIterator<Item = u32>,
-    run_count: u32,
-    limit: usize,
-) -> Vec<IndexRange> {
-    let mut ranges = Vec::new();
-    let mut next = 0u32;
-    for index in present {
-        if ranges.len() == limit {
-            return ranges;
-        }
-        if index > next {
-            ranges.push((next, index - 1));
-        }
-        next = next.max(index.saturating_add(1));
-    }
-    if next < run_count && ranges.len() < limit {
-        ranges.push((next, run_count - 1));
-    }
-    ranges
-}
-
-#[cfg(test)]
-mod tests {
-    use super::missing_ranges;
-
-    #[test]
-    fn missing_ranges_cover_head_gaps_and_tail() {
-        assert_eq!(missing_ranges([], 3, 10), vec![(0, 2)]);
-        assert_eq!(missing_ranges([0, 1, 2], 3, 10), vec![]);
-        assert_eq!(
-            missing_ranges([1, 2, 5, 9], 10, 10),
-            vec![(0, 0), (3, 4), (6, 8)]
-        );
-        assert_eq!(missing_ranges([1, 3, 5, 7], 10, 2), vec![(0, 0), (2, 2)]);
-    }
 }

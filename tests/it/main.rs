@@ -5,6 +5,7 @@ mod batches;
 mod ingest;
 mod limits;
 mod linger;
+mod missing;
 mod observability;
 mod outage;
 mod send;

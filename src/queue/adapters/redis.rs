@@ -1,9 +1,14 @@
 //! The item queue in Redis (standalone or Cluster).
 //!
-//! Per batch, two hashes share the `{batch id}` hash tag (one Cluster slot): `items` (index → item)
-//! and `failed` (indexes holding a failed item). `HSETNX` marks and stores an index in one atomic
-//! command, so an index is never marked without its item; a call sends one pipeline of them (one
-//! round trip, no script: Redis spends its time storing, not interpreting).
+//! Per batch, three keys share the `{batch id}` hash tag (one Cluster slot): `items` (a hash,
+//! index → item), `failed` (a hash of the indexes holding a failed item) and `taken` (a bitmap
+//! whose bit i is set once index i is taken). A call sends one `MULTI`/`EXEC` transaction: an
+//! `HSETNX` per item (marks and stores the index in one command, so an index is never marked without
+//! its item), one `BITFIELD` setting every item's bit, and `HLEN`. One round trip, no script: Redis
+//! spends its time storing, not interpreting.
+//!
+//! `missing` reads the bitmap in slices with `GETRANGE` and stops at the limit: it never reads the
+//! hash's keys. `progress` is two `HLEN`s.
 
 use std::time::Duration;
 
@@ -15,11 +20,17 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::dependency::DependencyError;
-use crate::queue::{Enqueued, IndexRange, ItemQueue, Progress, QueuedItem, missing_ranges};
+use crate::queue::ranges::MissingRanges;
+use crate::queue::{Enqueued, IndexRange, ItemQueue, Progress, QueuedItem};
 
 /// How long a Redis call may take before the request answers 503 instead of hanging.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes of the taken bitmap one `GETRANGE` reads (262 144 indexes): microseconds of Redis time
+/// each, and four round trips for a batch of a million.
+const BITMAP_SLICE_BYTES: usize = 32 * 1024;
+/// Bits one `BITFIELD` sets when marking indexes stored before the bitmap was kept.
+const BACKFILL_BITS_PER_COMMAND: usize = 8192;
 
 /// A standalone connection (reconnecting) or a Cluster connection.
 #[derive(Clone)]
@@ -65,6 +76,7 @@ pub struct RedisQueue {
 struct BatchKeys {
     items: String,
     failed: String,
+    taken: String,
 }
 
 impl BatchKeys {
@@ -72,7 +84,90 @@ impl BatchKeys {
         Self {
             items: format!("sluice:{{{batch_id}}}:items"),
             failed: format!("sluice:{{{batch_id}}}:failed"),
+            taken: format!("sluice:{{{batch_id}}}:taken"),
         }
+    }
+}
+
+/// A `BITFIELD` that sets the taken bit of each index.
+fn set_taken_bits(key: &str, indexes: impl IntoIterator<Item = u32>) -> Cmd {
+    let mut command = redis::cmd("BITFIELD");
+    command.arg(key);
+    for index in indexes {
+        command.arg("SET").arg("u1").arg(index).arg(1);
+    }
+    command
+}
+
+/// Walks one slice of the taken bitmap whose first bit is index `ranges.cursor()`. Bits are
+/// numbered as `SETBIT` and `BITFIELD` number them: bit 0 is the most significant bit of byte 0.
+fn scan_bitmap(slice: &[u8], ranges: &mut MissingRanges) {
+    for &byte in slice {
+        if !ranges.needs_more() {
+            return;
+        }
+        let first = ranges.cursor();
+        match byte {
+            0xFF => ranges.taken_until(first.saturating_add(8)),
+            0x00 => ranges.missing_until(first.saturating_add(8)),
+            _ => {
+                for bit in 0..8u32 {
+                    let end = first.saturating_add(bit + 1);
+                    if byte & (0x80 >> bit) != 0 {
+                        ranges.taken_until(end);
+                    } else {
+                        ranges.missing_until(end);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the taken bitmap slice by slice (`GETRANGE`), up to the byte holding bit `run_count - 1`,
+/// and stops once the answer is known: `limit` ranges found, or the key ended.
+struct BitmapScan {
+    ranges: MissingRanges,
+    slice_bytes: usize,
+    /// Bytes of the bitmap that cover `0..run_count`.
+    bitmap_bytes: usize,
+    /// The first byte not read yet.
+    offset: usize,
+    /// The key ended before `offset`: every index from there on is missing.
+    ended: bool,
+}
+
+impl BitmapScan {
+    fn new(run_count: u32, limit: usize, slice_bytes: usize) -> Self {
+        Self {
+            ranges: MissingRanges::new(run_count, limit),
+            slice_bytes,
+            bitmap_bytes: run_count.div_ceil(8) as usize,
+            offset: 0,
+            ended: false,
+        }
+    }
+
+    /// The first and last byte (inclusive, as `GETRANGE` takes them) of the next slice to read,
+    /// if the answer needs one.
+    fn next_slice(&self) -> Option<(usize, usize)> {
+        let needed = !self.ended && self.offset < self.bitmap_bytes && self.ranges.needs_more();
+        needed.then(|| {
+            let end = (self.offset + self.slice_bytes).min(self.bitmap_bytes);
+            (self.offset, end - 1)
+        })
+    }
+
+    /// Takes the slice `next_slice` asked for; a shorter one means the key ends there.
+    fn read(&mut self, slice: &[u8]) {
+        let asked = self.slice_bytes.min(self.bitmap_bytes - self.offset);
+        scan_bitmap(slice, &mut self.ranges);
+        self.offset += asked;
+        self.ended = slice.len() < asked;
+    }
+
+    fn finish(self) -> Vec<IndexRange> {
+        self.ranges.finish()
     }
 }
 
@@ -102,6 +197,46 @@ impl RedisQueue {
     }
 }
 
+impl RedisQueue {
+    /// Sets the bits of indexes an earlier version stored without them (a batch streamed across an
+    /// upgrade, or by older nodes during a rolling one). Every bit is set with its item, so the
+    /// bitmap counts no more indexes than the hash holds, and as many when it is whole; `HLEN` is
+    /// read before `BITCOUNT`, so an enqueue between the two cannot make a whole bitmap look short.
+    async fn mark_indexes_stored_without_bits(
+        &self,
+        keys: &BatchKeys,
+    ) -> Result<(), DependencyError> {
+        let mut connection = self.connection.clone();
+        let (stored, marked): (u64, u64) = redis::pipe()
+            .cmd("HLEN")
+            .arg(&keys.items)
+            .cmd("BITCOUNT")
+            .arg(&keys.taken)
+            .query_async(&mut connection)
+            .await?;
+        if marked >= stored {
+            return Ok(());
+        }
+        // Once per such batch, the cost the bitmap otherwise avoids: every stored index.
+        let indexes: Vec<u32> = redis::cmd("HKEYS")
+            .arg(&keys.items)
+            .query_async(&mut connection)
+            .await?;
+        tracing::info!(
+            key = %keys.items,
+            stored,
+            marked,
+            "marking indexes stored without their taken bits"
+        );
+        for part in indexes.chunks(BACKFILL_BITS_PER_COMMAND) {
+            let _: () = set_taken_bits(&keys.taken, part.iter().copied())
+                .query_async(&mut connection)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ItemQueue for RedisQueue {
     async fn enqueue(
@@ -113,7 +248,10 @@ impl ItemQueue for RedisQueue {
             return Ok(Enqueued::default());
         }
         let keys = BatchKeys::new(batch_id);
+        // A transaction, so an index's bit is set exactly when its HSETNX runs: a connection lost
+        // before EXEC runs neither. Every key is in one slot, so Cluster sends it to one node.
         let mut stores = redis::pipe();
+        stores.atomic();
         for item in items {
             stores
                 .cmd("HSETNX")
@@ -121,6 +259,13 @@ impl ItemQueue for RedisQueue {
                 .arg(item.index)
                 .arg(item.body.as_ref());
         }
+        // Every item's index is taken after this call, whether this HSETNX stored it or not.
+        stores
+            .add_command(set_taken_bits(
+                &keys.taken,
+                items.iter().map(|item| item.index),
+            ))
+            .ignore();
         // The count after this call's writes rides along in the same round trip.
         stores.cmd("HLEN").arg(&keys.items);
         let mut replies: Vec<u64> = stores.query_async(&mut self.connection.clone()).await?;
@@ -166,13 +311,19 @@ impl ItemQueue for RedisQueue {
         limit: usize,
     ) -> Result<Vec<IndexRange>, DependencyError> {
         let keys = BatchKeys::new(batch_id);
-        // Only unsealed answers need this; it reads every taken index once.
-        let mut present: Vec<u32> = redis::cmd("HKEYS")
-            .arg(&keys.items)
-            .query_async(&mut self.connection.clone())
-            .await?;
-        present.sort_unstable();
-        Ok(missing_ranges(present, run_count, limit))
+        let mut connection = self.connection.clone();
+        self.mark_indexes_stored_without_bits(&keys).await?;
+        let mut scan = BitmapScan::new(run_count, limit, BITMAP_SLICE_BYTES);
+        while let Some((first, last)) = scan.next_slice() {
+            let slice: Vec<u8> = redis::cmd("GETRANGE")
+                .arg(&keys.taken)
+                .arg(first)
+                .arg(last)
+                .query_async(&mut connection)
+                .await?;
+            scan.read(&slice);
+        }
+        Ok(scan.finish())
     }
 
     async fn item(&self, batch_id: &str, index: u32) -> Result<Option<Bytes>, DependencyError> {
@@ -267,8 +418,102 @@ mod tests {
             &key[open + 1..close]
         }
         let keys = BatchKeys::new("batch_abc");
-        for key in [&keys.items, &keys.failed] {
+        for key in [&keys.items, &keys.failed, &keys.taken] {
             assert_eq!(hash_tag(key), "batch_abc");
+        }
+    }
+
+    /// The bitmap `BITFIELD SET u1` builds for these indexes.
+    fn bitmap(indexes: &[u32]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for &index in indexes {
+            let byte = index as usize / 8;
+            if bytes.len() <= byte {
+                bytes.resize(byte + 1, 0);
+            }
+            bytes[byte] |= 0x80 >> (index % 8);
+        }
+        bytes
+    }
+
+    /// Runs a scan against `key` as Redis would answer its `GETRANGE`s, counting them.
+    fn scan(
+        key: &[u8],
+        run_count: u32,
+        limit: usize,
+        slice_bytes: usize,
+    ) -> (Vec<IndexRange>, usize) {
+        let mut scan = BitmapScan::new(run_count, limit, slice_bytes);
+        let mut reads = 0;
+        while let Some((first, last)) = scan.next_slice() {
+            let slice = key.get(first..key.len().min(last + 1)).unwrap_or_default();
+            scan.read(slice);
+            reads += 1;
+        }
+        (scan.finish(), reads)
+    }
+
+    /// Missing ranges the slow, obvious way.
+    fn expected(taken: &[u32], run_count: u32, limit: usize) -> Vec<IndexRange> {
+        let mut ranges: Vec<IndexRange> = Vec::new();
+        for index in (0..run_count).filter(|index| !taken.contains(index)) {
+            match ranges.last_mut() {
+                Some((_, last)) if *last + 1 == index => *last = index,
+                _ => ranges.push((index, index)),
+            }
+        }
+        ranges.truncate(limit);
+        ranges
+    }
+
+    #[test]
+    fn bits_are_numbered_from_the_most_significant_bit() {
+        assert_eq!(bitmap(&[0, 9]), vec![0b1000_0000, 0b0100_0000]);
+        let (ranges, _) = scan(&[0b1011_1111, 0b1111_1110], 16, 10, 64);
+        assert_eq!(ranges, vec![(1, 1), (15, 15)]);
+    }
+
+    #[test]
+    fn a_key_shorter_than_the_batch_leaves_the_rest_missing() {
+        let taken: Vec<u32> = (0..20).collect();
+        let (ranges, reads) = scan(&bitmap(&taken), 1000, 10, 2);
+        assert_eq!(ranges, vec![(20, 999)]);
+        // 3 bytes exist: the first slice is whole, the second is short and ends the scan.
+        assert_eq!(reads, 2);
+        assert_eq!(scan(&[], 5, 10, 4), (vec![(0, 4)], 1));
+    }
+
+    #[test]
+    fn bits_past_run_count_are_ignored() {
+        // Index 12 is the last; bits 13..16 of the last byte are never indexes.
+        let (ranges, _) = scan(&bitmap(&[0, 1, 12]), 13, 10, 1);
+        assert_eq!(ranges, vec![(2, 11)]);
+        let all: Vec<u32> = (0..13).collect();
+        assert_eq!(scan(&bitmap(&all), 13, 10, 1).0, vec![]);
+    }
+
+    #[test]
+    fn scanning_stops_once_the_limit_is_reached() {
+        // Every other index missing: the first 1000 ranges lie in the first 250 bytes.
+        let taken: Vec<u32> = (0..1_000_000).filter(|index| index % 2 == 1).collect();
+        let key = bitmap(&taken);
+        let (ranges, reads) = scan(&key, 1_000_000, 1000, 256);
+        assert_eq!(ranges.len(), 1000);
+        assert_eq!(ranges[999], (1998, 1998));
+        assert_eq!(reads, 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_slicing_gives_the_ranges_of_the_whole_bitmap(
+            taken in proptest::collection::btree_set(0u32..300, 0..300),
+            run_count in 1u32..300,
+            limit in 1usize..20,
+            slice_bytes in 1usize..50,
+        ) {
+            let taken: Vec<u32> = taken.into_iter().filter(|&index| index < run_count).collect();
+            let (ranges, _) = scan(&bitmap(&taken), run_count, limit, slice_bytes);
+            proptest::prop_assert_eq!(ranges, expected(&taken, run_count, limit));
         }
     }
 }

@@ -1,14 +1,26 @@
 //! The item queue in the SQL store: one `INSERT … ON CONFLICT DO NOTHING` per call marks and stores
-//! each index in the same statement.
+//! each index, and the same transaction adds what it stored to per-chunk counters
+//! (`batch_item_chunks`, one row per 4096 indexes of a batch).
+//!
+//! `progress` sums the counters (at most runCount / 4096 rows) and never reads an item. `missing`
+//! reads the counters, then the runs of taken indexes of incomplete chunks only, one chunk per
+//! statement, until it has `limit` ranges; its worst case (a gap in every chunk, fewer than `limit`
+//! gaps in all) still has the database read every index, but never more than 4096 per statement.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::dependency::DependencyError;
+use crate::queue::ranges::MissingRanges;
 use crate::queue::{Enqueued, IndexRange, ItemQueue, Progress, QueuedItem};
 use crate::store::adapters::{PostgresStore, SqliteStore};
+
+/// Indexes per counter row. Migration 0002 backfilled the counters with this size: changing it
+/// needs a migration that recounts them.
+const CHUNK_INDEXES: u32 = 4096;
 
 /// SQLite binds at most 32 766 values per statement; 4 per item.
 const SQLITE_ITEMS_PER_STATEMENT: usize = 4_000;
@@ -23,40 +35,71 @@ fn newly_stored(items: &[QueuedItem], inserted: impl IntoIterator<Item = i32>) -
         .collect()
 }
 
-/// Missing ranges from the rows that end each run of present indexes (`next` is the first present
-/// index after the gap, `None` after the last run) and the first present index.
-fn ranges_from_run_ends(
-    first: Option<i32>,
-    run_ends: Vec<(i32, Option<i32>)>,
-    run_count: u32,
-    limit: usize,
-) -> Vec<IndexRange> {
-    let Some(first) = first else {
-        return vec![(0, run_count - 1)];
-    };
-    let mut ranges = Vec::new();
-    if first > 0 {
-        ranges.push((0, first as u32 - 1));
-    }
-    for (end, next) in run_ends {
-        let after = end as u32 + 1;
-        match next {
-            Some(next) => ranges.push((after, next as u32 - 1)),
-            None if after < run_count => ranges.push((after, run_count - 1)),
-            None => {}
-        }
-    }
-    ranges.truncate(limit);
-    ranges
+/// What a chunk's counter says about its indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Every index taken.
+    Full,
+    /// No index taken (or no counter row).
+    Empty,
+    /// Some indexes taken: only reading them says which.
+    Partial,
 }
 
-const RUN_ENDS: &str = "SELECT idx, next_idx FROM ( \
-     SELECT idx, LEAD(idx) OVER (ORDER BY idx) AS next_idx FROM batch_items WHERE batch_id = $1 \
-     ) runs WHERE next_idx IS NULL OR next_idx > idx + 1 ORDER BY idx LIMIT $2";
-const FIRST_INDEX: &str = "SELECT MIN(idx) FROM batch_items WHERE batch_id = $1";
-const PROGRESS: &str = "SELECT COUNT(*), COALESCE(SUM(CASE WHEN failed THEN 1 ELSE 0 END), 0) \
-     FROM batch_items WHERE batch_id = $1";
+/// The chunks of `0..run_count` in order, each with its indexes and what its counter says, from
+/// the counter rows (`(chunk, taken)`, ascending; a chunk without a row has nothing taken).
+fn chunk_states(
+    counters: &[(i32, i32)],
+    run_count: u32,
+) -> impl Iterator<Item = (Range<u32>, ChunkState)> + '_ {
+    let mut counters = counters.iter().peekable();
+    (0..run_count.div_ceil(CHUNK_INDEXES)).map(move |chunk| {
+        let start = chunk * CHUNK_INDEXES;
+        let indexes = start..run_count.min(start + CHUNK_INDEXES);
+        while counters.next_if(|(row, _)| (*row as u32) < chunk).is_some() {}
+        let taken = match counters.next_if(|(row, _)| *row as u32 == chunk) {
+            Some(&(_, taken)) => taken as u32,
+            None => 0,
+        };
+        let state = match taken {
+            0 => ChunkState::Empty,
+            taken if taken >= indexes.len() as u32 => ChunkState::Full,
+            _ => ChunkState::Partial,
+        };
+        (indexes, state)
+    })
+}
+
+/// Counter increments for the items a call stored (`(index, failed)`): `(chunk, taken, failed)`,
+/// ascending by chunk, the order rows are locked in.
+fn chunk_increments(inserted: impl IntoIterator<Item = (i32, bool)>) -> Vec<(i32, i32, i32)> {
+    let mut chunks: BTreeMap<i32, (i32, i32)> = BTreeMap::new();
+    for (index, failed) in inserted {
+        let counts = chunks.entry(index / CHUNK_INDEXES as i32).or_default();
+        counts.0 += 1;
+        counts.1 += i32::from(failed);
+    }
+    chunks
+        .into_iter()
+        .map(|(chunk, (taken, failed))| (chunk, taken, failed))
+        .collect()
+}
+
+const CHUNK_COUNTERS: &str = "SELECT chunk, taken FROM batch_item_chunks \
+     WHERE batch_id = $1 AND chunk < $2 ORDER BY chunk";
+/// The runs of consecutive taken indexes in `$2..$3` as `(first, last)`, ascending: indexes of one
+/// run share `idx - ROW_NUMBER()`. A row per run, not per index, as rows are what costs.
+const TAKEN_RUNS: &str = "SELECT MIN(idx), MAX(idx) FROM ( \
+     SELECT idx, idx - ROW_NUMBER() OVER (ORDER BY idx) AS run FROM batch_items \
+     WHERE batch_id = $1 AND idx >= $2 AND idx < $3 \
+     ) AS taken GROUP BY run ORDER BY MIN(idx)";
+const PROGRESS: &str = "SELECT COALESCE(SUM(taken), 0), COALESCE(SUM(failed), 0) \
+     FROM batch_item_chunks WHERE batch_id = $1";
 const ITEM: &str = "SELECT body FROM batch_items WHERE batch_id = $1 AND idx = $2";
+/// Adds a call's increments to the counters; the rows to insert come before it.
+const ADD_TO_COUNTERS: &str = " ON CONFLICT (batch_id, chunk) DO UPDATE \
+     SET taken = batch_item_chunks.taken + excluded.taken, \
+     failed = batch_item_chunks.failed + excluded.failed";
 
 /// Both stores implement the queue the same way but for the insert; the read side is the same SQL
 /// (sqlx's SQLite driver binds `$N` by number).
@@ -71,7 +114,8 @@ macro_rules! impl_sql_item_queue {
             ) -> Result<Enqueued, DependencyError> {
                 Ok(Enqueued {
                     stored: self.insert_items(batch_id, items).await?,
-                    // Counting would cost a scan of the batch's rows on every call.
+                    // `progress` reads the counters when the stream ends; reading them after
+                    // every call would cost a statement each.
                     taken_after: None,
                 })
             }
@@ -93,16 +137,35 @@ macro_rules! impl_sql_item_queue {
                 run_count: u32,
                 limit: usize,
             ) -> Result<Vec<IndexRange>, DependencyError> {
-                let first: Option<i32> = sqlx::query_scalar(FIRST_INDEX)
+                let counters: Vec<(i32, i32)> = sqlx::query_as(CHUNK_COUNTERS)
                     .bind(batch_id)
-                    .fetch_one(&self.pool)
-                    .await?;
-                let run_ends: Vec<(i32, Option<i32>)> = sqlx::query_as(RUN_ENDS)
-                    .bind(batch_id)
-                    .bind(limit as i64 + 1)
+                    .bind(run_count.div_ceil(CHUNK_INDEXES) as i32)
                     .fetch_all(&self.pool)
                     .await?;
-                Ok(ranges_from_run_ends(first, run_ends, run_count, limit))
+                let mut ranges = MissingRanges::new(run_count, limit);
+                for (indexes, state) in chunk_states(&counters, run_count) {
+                    if !ranges.needs_more() {
+                        break;
+                    }
+                    match state {
+                        ChunkState::Full => ranges.taken_until(indexes.end),
+                        ChunkState::Empty => ranges.missing_until(indexes.end),
+                        ChunkState::Partial => {
+                            let runs: Vec<(i32, i32)> = sqlx::query_as(TAKEN_RUNS)
+                                .bind(batch_id)
+                                .bind(indexes.start as i32)
+                                .bind(indexes.end as i32)
+                                .fetch_all(&self.pool)
+                                .await?;
+                            for (first, last) in runs {
+                                ranges.missing_until(first as u32);
+                                ranges.taken_until(last as u32 + 1);
+                            }
+                            ranges.missing_until(indexes.end);
+                        }
+                    }
+                }
+                Ok(ranges.finish())
             }
 
             async fn item(
@@ -137,16 +200,28 @@ impl PostgresStore {
         let indexes: Vec<i32> = items.iter().map(|item| item.index as i32).collect();
         let failed: Vec<bool> = items.iter().map(|item| item.failed).collect();
         let bodies: Vec<&[u8]> = items.iter().map(|item| item.body.as_ref()).collect();
-        let inserted: Vec<i32> = sqlx::query_scalar(
-            "INSERT INTO batch_items (batch_id, idx, failed, body) \
-             SELECT $1, t.idx, t.failed, t.body \
-             FROM UNNEST($2::int4[], $3::bool[], $4::bytea[]) AS t(idx, failed, body) \
-             ON CONFLICT (batch_id, idx) DO NOTHING RETURNING idx",
-        )
+        // One statement, so one transaction: the counters always match the rows. All item rows are
+        // inserted before any counter row is locked, and counter rows are locked in chunk order, so
+        // two calls on one batch cannot deadlock on the counters.
+        let inserted: Vec<i32> = sqlx::query_scalar(&format!(
+            "WITH inserted AS ( \
+                 INSERT INTO batch_items (batch_id, idx, failed, body) \
+                 SELECT $1, t.idx, t.failed, t.body \
+                 FROM UNNEST($2::int4[], $3::bool[], $4::bytea[]) AS t(idx, failed, body) \
+                 ON CONFLICT (batch_id, idx) DO NOTHING RETURNING idx, failed \
+             ), counted AS ( \
+                 INSERT INTO batch_item_chunks (batch_id, chunk, taken, failed) \
+                 SELECT $1, chunk, COUNT(*), COUNT(*) FILTER (WHERE failed) \
+                 FROM (SELECT idx / $5 AS chunk, failed FROM inserted) AS stored \
+                 GROUP BY chunk ORDER BY chunk{ADD_TO_COUNTERS} \
+             ) \
+             SELECT idx FROM inserted"
+        ))
         .bind(batch_id)
         .bind(&indexes)
         .bind(&failed)
         .bind(&bodies)
+        .bind(CHUNK_INDEXES as i32)
         .fetch_all(&self.pool)
         .await?;
         Ok(newly_stored(items, inserted))
@@ -159,21 +234,42 @@ impl SqliteStore {
         batch_id: &str,
         items: &[QueuedItem],
     ) -> Result<Vec<bool>, DependencyError> {
-        let mut inserted = Vec::with_capacity(items.len());
-        for chunk in items.chunks(SQLITE_ITEMS_PER_STATEMENT) {
+        // The items and the counters commit together.
+        let mut transaction = self.pool.begin().await?;
+        let mut inserted: Vec<(i32, bool)> = Vec::with_capacity(items.len());
+        for part in items.chunks(SQLITE_ITEMS_PER_STATEMENT) {
             let mut insert =
                 sqlx::QueryBuilder::new("INSERT INTO batch_items (batch_id, idx, failed, body) ");
-            insert.push_values(chunk, |mut row, item| {
+            insert.push_values(part, |mut row, item| {
                 row.push_bind(batch_id)
                     .push_bind(item.index as i32)
                     .push_bind(item.failed)
                     .push_bind(item.body.as_ref());
             });
-            insert.push(" ON CONFLICT (batch_id, idx) DO NOTHING RETURNING idx");
-            let rows: Vec<i32> = insert.build_query_scalar().fetch_all(&self.pool).await?;
+            insert.push(" ON CONFLICT (batch_id, idx) DO NOTHING RETURNING idx, failed");
+            let rows: Vec<(i32, bool)> =
+                insert.build_query_as().fetch_all(&mut *transaction).await?;
             inserted.extend(rows);
         }
-        Ok(newly_stored(items, inserted))
+        let increments = chunk_increments(inserted.iter().copied());
+        if !increments.is_empty() {
+            let mut count = sqlx::QueryBuilder::new(
+                "INSERT INTO batch_item_chunks (batch_id, chunk, taken, failed) ",
+            );
+            count.push_values(&increments, |mut row, &(chunk, taken, failed)| {
+                row.push_bind(batch_id)
+                    .push_bind(chunk)
+                    .push_bind(taken)
+                    .push_bind(failed);
+            });
+            count.push(ADD_TO_COUNTERS);
+            count.build().execute(&mut *transaction).await?;
+        }
+        transaction.commit().await?;
+        Ok(newly_stored(
+            items,
+            inserted.into_iter().map(|(index, _)| index),
+        ))
     }
 }
 
@@ -181,18 +277,56 @@ impl SqliteStore {
 mod tests {
     use super::*;
 
+    fn states(counters: &[(i32, i32)], run_count: u32) -> Vec<(Range<u32>, ChunkState)> {
+        chunk_states(counters, run_count).collect()
+    }
+
     #[test]
-    fn run_ends_become_missing_ranges() {
-        assert_eq!(ranges_from_run_ends(None, vec![], 5, 10), vec![(0, 4)]);
-        let ends = vec![(2, Some(5)), (6, None)];
+    fn only_chunks_with_some_indexes_taken_need_reading() {
+        use ChunkState::*;
+        // 3 chunks, the last one short (2 indexes); chunk 1 has no counter row.
+        let run_count = 2 * CHUNK_INDEXES + 2;
         assert_eq!(
-            ranges_from_run_ends(Some(1), ends, 10, 10),
-            vec![(0, 0), (3, 4), (7, 9)]
+            states(&[(0, 4096), (2, 1)], run_count),
+            vec![(0..4096, Full), (4096..8192, Empty), (8192..8194, Partial),]
         );
         assert_eq!(
-            ranges_from_run_ends(Some(0), vec![(9, None)], 10, 10),
-            vec![]
+            states(&[(0, 17), (2, 2)], run_count),
+            vec![(0..4096, Partial), (4096..8192, Empty), (8192..8194, Full),]
         );
+        assert_eq!(states(&[], 1), vec![(0..1, Empty)]);
+    }
+
+    #[test]
+    fn counter_rows_past_run_count_are_skipped() {
+        use ChunkState::*;
+        assert_eq!(states(&[(0, 10), (5, 1)], 10), vec![(0..10, Full)]);
+    }
+
+    #[test]
+    fn increments_are_per_chunk_in_chunk_order() {
+        let inserted = [
+            (9000, false),
+            (3, true),
+            (4095, false),
+            (4096, true),
+            (8191, true),
+        ];
+        assert_eq!(
+            chunk_increments(inserted),
+            vec![(0, 2, 1), (1, 2, 2), (2, 1, 0)]
+        );
+        assert_eq!(chunk_increments([]), vec![]);
+    }
+
+    #[test]
+    fn migrations_backfill_with_the_chunk_size_the_code_uses() {
+        for migration in [
+            include_str!("../../../migrations/postgres/0002_batch_item_chunks.sql"),
+            include_str!("../../../migrations/sqlite/0002_batch_item_chunks.sql"),
+        ] {
+            assert!(migration.contains(&format!("idx / {CHUNK_INDEXES}")));
+        }
     }
 
     #[test]
