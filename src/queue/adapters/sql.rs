@@ -22,9 +22,6 @@ use crate::store::adapters::{PostgresStore, SqliteStore};
 /// needs a migration that recounts them.
 const CHUNK_INDEXES: u32 = 4096;
 
-/// SQLite binds at most 32 766 values per statement; 4 per item.
-const SQLITE_ITEMS_PER_STATEMENT: usize = 4_000;
-
 /// Which items of a call were newly stored, given the indexes the insert returned. When a call
 /// holds one index twice, the first item with it is the one stored.
 fn newly_stored(items: &[QueuedItem], inserted: impl IntoIterator<Item = i32>) -> Vec<bool> {
@@ -123,7 +120,7 @@ macro_rules! impl_sql_item_queue {
             async fn progress(&self, batch_id: &str) -> Result<Progress, DependencyError> {
                 let (enqueued, failed): (i64, i64) = sqlx::query_as(PROGRESS)
                     .bind(batch_id)
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.reader())
                     .await?;
                 Ok(Progress {
                     enqueued: enqueued as u64,
@@ -140,7 +137,7 @@ macro_rules! impl_sql_item_queue {
                 let counters: Vec<(i32, i32)> = sqlx::query_as(CHUNK_COUNTERS)
                     .bind(batch_id)
                     .bind(run_count.div_ceil(CHUNK_INDEXES) as i32)
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.reader())
                     .await?;
                 let mut ranges = MissingRanges::new(run_count, limit);
                 for (indexes, state) in chunk_states(&counters, run_count) {
@@ -155,7 +152,7 @@ macro_rules! impl_sql_item_queue {
                                 .bind(batch_id)
                                 .bind(indexes.start as i32)
                                 .bind(indexes.end as i32)
-                                .fetch_all(&self.pool)
+                                .fetch_all(self.reader())
                                 .await?;
                             for (first, last) in runs {
                                 ranges.missing_until(first as u32);
@@ -176,7 +173,7 @@ macro_rules! impl_sql_item_queue {
                 let body: Option<Vec<u8>> = sqlx::query_scalar(ITEM)
                     .bind(batch_id)
                     .bind(index as i32)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.reader())
                     .await?;
                 Ok(body.map(Bytes::from))
             }
@@ -228,30 +225,84 @@ impl PostgresStore {
     }
 }
 
+/// Rows per multi-row insert, largest first: a call's new items are written with as few
+/// statements as these sizes allow, and only these statement texts are ever prepared (a text per
+/// row count would miss the connection's statement cache).
+const SQLITE_ROWS_PER_INSERT: [usize; 3] = [256, 16, 1];
+
+/// The insert of `rows` items, for each size of [`SQLITE_ROWS_PER_INSERT`].
+static SQLITE_INSERTS: std::sync::LazyLock<Vec<(usize, String)>> =
+    std::sync::LazyLock::new(|| {
+        SQLITE_ROWS_PER_INSERT
+            .iter()
+            .map(|&rows| {
+                // Anonymous `?` parameters: SQLite looks a named one (`$N`) up in a list at every
+                // bind, which makes binding a statement of many parameters quadratic.
+                let sql = format!(
+                    "INSERT INTO batch_items (batch_id, idx, failed, body) VALUES {}",
+                    vec!["(?, ?, ?, ?)"; rows].join(", ")
+                );
+                (rows, sql)
+            })
+            .collect()
+    });
+
+/// Which items of a call to store, given the indexes of the call's range already taken: each
+/// index not taken, the first item with it.
+fn items_to_store(items: &[QueuedItem], taken: impl IntoIterator<Item = i32>) -> Vec<bool> {
+    let mut taken: HashSet<u32> = taken.into_iter().map(|index| index as u32).collect();
+    items.iter().map(|item| taken.insert(item.index)).collect()
+}
+
 impl SqliteStore {
+    /// On the one writer connection, in one transaction: read which of the call's indexes are
+    /// taken, insert the others, add them to the counters. No other writer can come between the
+    /// read and the insert (there is one writer connection, held for the whole transaction), so
+    /// the insert never meets a taken index, and rows do not come back one by one as `RETURNING`
+    /// would send them.
     async fn insert_items(
         &self,
         batch_id: &str,
         items: &[QueuedItem],
     ) -> Result<Vec<bool>, DependencyError> {
-        // The items and the counters commit together.
+        let (Some(low), Some(high)) = (
+            items.iter().map(|item| item.index).min(),
+            items.iter().map(|item| item.index).max(),
+        ) else {
+            return Ok(Vec::new());
+        };
         let mut transaction = self.pool.begin().await?;
-        let mut inserted: Vec<(i32, bool)> = Vec::with_capacity(items.len());
-        for part in items.chunks(SQLITE_ITEMS_PER_STATEMENT) {
-            let mut insert =
-                sqlx::QueryBuilder::new("INSERT INTO batch_items (batch_id, idx, failed, body) ");
-            insert.push_values(part, |mut row, item| {
-                row.push_bind(batch_id)
-                    .push_bind(item.index as i32)
-                    .push_bind(item.failed)
-                    .push_bind(item.body.as_ref());
-            });
-            insert.push(" ON CONFLICT (batch_id, idx) DO NOTHING RETURNING idx, failed");
-            let rows: Vec<(i32, bool)> =
-                insert.build_query_as().fetch_all(&mut *transaction).await?;
-            inserted.extend(rows);
+        let taken: Vec<i32> = sqlx::query_scalar(
+            "SELECT idx FROM batch_items WHERE batch_id = $1 AND idx >= $2 AND idx <= $3",
+        )
+        .bind(batch_id)
+        .bind(low as i32)
+        .bind(high as i32)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let stored = items_to_store(items, taken);
+        let new: Vec<&QueuedItem> = items
+            .iter()
+            .zip(&stored)
+            .filter_map(|(item, &new)| new.then_some(item))
+            .collect();
+        let mut rest = new.as_slice();
+        for (rows, sql) in SQLITE_INSERTS.iter() {
+            while rest.len() >= *rows {
+                let (part, after) = rest.split_at(*rows);
+                let mut insert = sqlx::query(sql);
+                for item in part {
+                    insert = insert
+                        .bind(batch_id)
+                        .bind(item.index as i32)
+                        .bind(item.failed)
+                        .bind(item.body.as_ref());
+                }
+                insert.execute(&mut *transaction).await?;
+                rest = after;
+            }
         }
-        let increments = chunk_increments(inserted.iter().copied());
+        let increments = chunk_increments(new.iter().map(|item| (item.index as i32, item.failed)));
         if !increments.is_empty() {
             let mut count = sqlx::QueryBuilder::new(
                 "INSERT INTO batch_item_chunks (batch_id, chunk, taken, failed) ",
@@ -266,10 +317,7 @@ impl SqliteStore {
             count.build().execute(&mut *transaction).await?;
         }
         transaction.commit().await?;
-        Ok(newly_stored(
-            items,
-            inserted.into_iter().map(|(index, _)| index),
-        ))
+        Ok(stored)
     }
 }
 
@@ -326,6 +374,24 @@ mod tests {
             include_str!("../../../migrations/sqlite/0002_batch_item_chunks.sql"),
         ] {
             assert!(migration.contains(&format!("idx / {CHUNK_INDEXES}")));
+        }
+    }
+
+    #[test]
+    fn untaken_indexes_are_stored_once_each() {
+        let item = |index| QueuedItem {
+            index,
+            failed: false,
+            body: Bytes::new(),
+        };
+        let items = [item(1), item(2), item(1), item(3)];
+        assert_eq!(items_to_store(&items, [3]), vec![true, true, false, false]);
+    }
+
+    #[test]
+    fn sqlite_inserts_bind_four_values_per_row() {
+        for (rows, sql) in SQLITE_INSERTS.iter() {
+            assert_eq!(sql.matches("(?, ?, ?, ?)").count(), *rows, "{sql}");
         }
     }
 
