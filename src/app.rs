@@ -18,7 +18,7 @@ use crate::ports::Ports;
 use crate::queue::ItemQueue;
 use crate::queue::adapters::{RedisQueue, TwoStepRedisQueue};
 use crate::store::BatchStore;
-use crate::store::adapters::{PostgresStore, SqliteStore};
+use crate::store::adapters::{PostgresStore, SqliteStore, sqlite};
 use crate::tasks::NamedTask;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,8 @@ pub struct App {
     pub dev_key: Option<String>,
     /// Bound at build time (so a bad address stops the start); served by [`serve`].
     pub metrics_listener: Option<TcpListener>,
+    /// The embedded store, whose WAL [`serve`] checkpoints in the background.
+    embedded: Option<Arc<SqliteStore>>,
 }
 
 impl App {
@@ -65,6 +67,7 @@ impl App {
             }
         };
 
+        let mut embedded = None;
         let (store, sql_queue): (Arc<dyn BatchStore>, Arc<dyn ItemQueue>) = match config
             .database_connect_url()
         {
@@ -76,6 +79,7 @@ impl App {
             None => {
                 tokio::fs::create_dir_all(&config.data_dir).await?;
                 let store = Arc::new(SqliteStore::open(&config.data_dir.join("sluice.db")).await?);
+                embedded = Some(store.clone());
                 (store.clone(), store)
             }
         };
@@ -98,6 +102,7 @@ impl App {
             payloads,
             keys,
             dev_key,
+            embedded,
         })
     }
 }
@@ -134,6 +139,18 @@ pub async fn serve(
         payloads: app.payloads,
     };
     tasks.extend(crate::jobs::spawn(&app.config, &ports, &shutdown));
+    if let Some(sqlite) = app.embedded {
+        tasks.push(crate::tasks::every(
+            "sqlite-checkpoint",
+            sqlite::CHECKPOINT_PERIOD,
+            sqlite::CHECKPOINT_PERIOD,
+            shutdown.clone(),
+            move || {
+                let sqlite = sqlite.clone();
+                async move { sqlite.checkpoint().await }
+            },
+        ));
+    }
     let grace = Duration::from_millis(app.config.shutdown_grace_ms);
     let api = ApiState::new(app.config, ports, app.keys, shutdown.clone());
     tasks.push(crate::api::rate_limit::forget_idle_tenants_every_minute(

@@ -5,6 +5,11 @@
 //! retry sleeps, up to 100 ms each, made the tail latency). Reads go through a separate pool of
 //! read-only connections, which in WAL mode never wait for the writer.
 //!
+//! Checkpoints (copying the WAL back into the database file, with its fsyncs) are not left to the
+//! writer, where SQLite would run one inside whichever commit crossed the WAL's size threshold and
+//! make that request wait: a connection of their own runs a passive checkpoint every second
+//! ([`SqliteStore::checkpoint`], scheduled by the wiring), beside the writer, never blocking it.
+//!
 //! Durability (`journal_mode = WAL`, `synchronous = NORMAL`): a commit is in the WAL file before it
 //! is acknowledged, so everything acknowledged survives a crash of the process. The WAL is synced
 //! to disk at checkpoints, not at every commit, so a power cut or kernel crash can lose the last
@@ -30,7 +35,12 @@ pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
     /// Read-only connections for statements that only read.
     pub(crate) reader: SqlitePool,
+    /// The connection that runs checkpoints.
+    checkpointer: SqlitePool,
 }
+
+/// How often the WAL is checkpointed.
+pub const CHECKPOINT_PERIOD: Duration = Duration::from_secs(1);
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies pending migrations.
@@ -40,21 +50,47 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .pragma("cache_size", format!("-{CACHE_KIB}"))
+            // A WAL that grew during a large stream is cut back to this once it is checkpointed.
+            .pragma("journal_size_limit", (64 << 20).to_string())
             // Only another process could hold the lock: wait for it rather than fail.
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone().create_if_missing(true))
+            .connect_with(
+                options
+                    .clone()
+                    .create_if_missing(true)
+                    .pragma("wal_autocheckpoint", "0"),
+            )
             .await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(|error| DependencyError::failed(Dependency::Database, error))?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { pool, reader })
+        Ok(Self {
+            pool,
+            reader,
+            checkpointer,
+        })
+    }
+
+    /// Copies what it can of the WAL into the database without waiting for readers or the writer
+    /// (`PASSIVE`); run every [`CHECKPOINT_PERIOD`].
+    pub async fn checkpoint(&self) {
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.checkpointer)
+            .await
+        {
+            tracing::warn!(%error, "SQLite checkpoint failed");
+        }
     }
 
     pub(crate) fn reader(&self) -> &SqlitePool {
