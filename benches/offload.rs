@@ -200,6 +200,19 @@ impl ItemQueue for TimedQueue {
     async fn ping(&self) -> Result<(), DependencyError> {
         self.queue.ping().await
     }
+
+    async fn items_in_range(
+        &self,
+        batch_id: &str,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<Option<Bytes>>, DependencyError> {
+        self.queue.items_in_range(batch_id, first, last).await
+    }
+
+    async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {
+        self.queue.delete_batch(batch_id).await
+    }
 }
 
 /// One queue backend under test, with what it needs to clean up after a run.

@@ -175,7 +175,13 @@ pub async fn stream_into_batch(
     )
     .await
     {
-        Ok(seal) => Some(seal),
+        Ok(seal) => {
+            if matches!(seal, SealOutcome::Sealed) {
+                // This node starts writing the batch's runs now, not at the next wake-up.
+                ports.sealed.batch_sealed();
+            }
+            Some(seal)
+        }
         Err(error) => {
             stop = Some(StreamStop::Dependency(error));
             None

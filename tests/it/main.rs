@@ -6,6 +6,7 @@ mod ingest;
 mod limits;
 mod observability;
 mod outage;
+mod runs;
 mod send;
 mod shutdown;
 mod support;

@@ -57,6 +57,17 @@ const FIRST_INDEX: &str = "SELECT MIN(idx) FROM batch_items WHERE batch_id = $1"
 const PROGRESS: &str = "SELECT COUNT(*), COALESCE(SUM(CASE WHEN failed THEN 1 ELSE 0 END), 0) \
      FROM batch_items WHERE batch_id = $1";
 const ITEM: &str = "SELECT body FROM batch_items WHERE batch_id = $1 AND idx = $2";
+const ITEMS_IN_RANGE: &str = "SELECT idx, body FROM batch_items \
+     WHERE batch_id = $1 AND idx BETWEEN $2 AND $3 ORDER BY idx";
+
+/// The bodies of `first..=last` in index order from the rows a range read returned (ascending).
+fn in_index_order(rows: Vec<(i32, Vec<u8>)>, first: u32, last: u32) -> Vec<Option<Bytes>> {
+    let mut bodies = vec![None; (last - first + 1) as usize];
+    for (index, body) in rows {
+        bodies[(index as u32 - first) as usize] = Some(Bytes::from(body));
+    }
+    bodies
+}
 
 /// Both stores implement the queue the same way but for the insert; the read side is the same SQL
 /// (sqlx's SQLite driver binds `$N` by number).
@@ -120,6 +131,29 @@ macro_rules! impl_sql_item_queue {
 
             async fn ping(&self) -> Result<(), DependencyError> {
                 crate::store::BatchStore::ping(self).await
+            }
+
+            async fn items_in_range(
+                &self,
+                batch_id: &str,
+                first: u32,
+                last: u32,
+            ) -> Result<Vec<Option<Bytes>>, DependencyError> {
+                let rows: Vec<(i32, Vec<u8>)> = sqlx::query_as(ITEMS_IN_RANGE)
+                    .bind(batch_id)
+                    .bind(first as i64)
+                    .bind(last as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(in_index_order(rows, first, last))
+            }
+
+            async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {
+                sqlx::query("DELETE FROM batch_items WHERE batch_id = $1")
+                    .bind(batch_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
         }
     };
