@@ -219,6 +219,8 @@ impl ItemQueue for TimedQueue {
 struct Backend {
     name: &'static str,
     queue: Arc<TimedQueue>,
+    /// The batch store each enqueue checks the seal in (it holds no bench batch: never sealed).
+    store: Arc<SqliteStore>,
     /// Set for Redis, whose batch keys never expire on their own.
     redis: Option<redis::Client>,
 }
@@ -310,9 +312,11 @@ impl Bench {
         let batch_id = format!("bench-offload-{:016x}", rand::random::<u64>());
         let target = IngestTarget {
             batch_id: batch_id.as_str().into(),
+            tenant: "bench".into(),
             run_count: items as u32,
             queue: backend.queue.clone(),
             payloads: self.payloads.clone(),
+            store: backend.store.clone(),
         };
         let limits = IngestLimits {
             concurrency,
@@ -520,10 +524,11 @@ fn scratch_parent() -> PathBuf {
 }
 
 async fn connect_backends(scratch: &Path) -> BenchResult<Vec<Backend>> {
-    let sqlite = SqliteStore::open(&scratch.join("sluice.db")).await?;
+    let sqlite = Arc::new(SqliteStore::open(&scratch.join("sluice.db")).await?);
     let mut backends = vec![Backend {
         name: "sqlite",
-        queue: Arc::new(TimedQueue::new(Arc::new(sqlite))),
+        queue: Arc::new(TimedQueue::new(sqlite.clone())),
+        store: sqlite.clone(),
         redis: None,
     }];
     if let Ok(url) = std::env::var("SLUICE_BENCH_REDIS_URL") {
@@ -531,6 +536,7 @@ async fn connect_backends(scratch: &Path) -> BenchResult<Vec<Backend>> {
         backends.push(Backend {
             name: "redis",
             queue: Arc::new(TimedQueue::new(Arc::new(queue))),
+            store: sqlite.clone(),
             // Clean-up talks to one node; a Cluster's keys are left behind.
             redis: if url.contains(',') {
                 None

@@ -148,9 +148,11 @@ pub async fn stream_into_batch(
 
     let target = IngestTarget {
         batch_id: Arc::from(batch.id.as_str()),
+        tenant: Arc::from(tenant),
         run_count: batch.run_count,
         queue: ports.queue.clone(),
         payloads: ports.payloads.clone(),
+        store: ports.store.clone(),
     };
     let (summary, result) = ingest(reads, &target, limits).await;
     summary.record_metrics();
