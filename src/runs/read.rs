@@ -27,11 +27,12 @@ pub async fn list_runs(
                 .ok_or_else(|| RunsError::Invalid(format!("unknown run status {text:?}")))
         })
         .transpose()?;
-    // The cursor is the index the next page starts at.
+    // The cursor is the index the next page starts at (past the last index: an empty page).
     let from_index = cursor
         .map(|cursor| {
             cursor
-                .parse::<u32>()
+                .parse::<u64>()
+                .map(|index| u32::try_from(index).unwrap_or(u32::MAX))
                 .map_err(|_| RunsError::Invalid("cursor is not one this server gave out".into()))
         })
         .transpose()?
