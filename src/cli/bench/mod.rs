@@ -17,9 +17,8 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use self::body::{BodyShape, generate};
 use self::stats::{Percentiles, peak_rss_bytes, percentiles, reset_peak_rss};
-use crate::protocol::wire::{
-    BatchResponse, CreateBatchRequest, CreateBatchResponse, IngestResponse,
-};
+use crate::protocol::runs::{BatchSummary, Page};
+use crate::protocol::wire::{CreateBatchRequest, CreateBatchResponse, IngestResponse};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -183,16 +182,23 @@ impl Run {
         })
     }
 
+    /// Polls the tenant's newest batches (the list shows `materialisedCount` without counting
+    /// runs by status, so polling adds no work of its own to the store).
     async fn wait_runs(&self, id: &str) -> Result<(), BenchError> {
         loop {
             let response = self
                 .client
-                .get(format!("{}/api/v3/batches/{id}", self.args.url))
+                .get(format!("{}/api/v3/batches?limit=1000", self.args.url))
                 .bearer_auth(&self.args.key)
                 .send()
                 .await?;
-            let batch: BatchResponse = checked(response).await?.json().await?;
-            if batch.materialised_count == batch.run_count {
+            let page: Page<BatchSummary> = checked(response).await?.json().await?;
+            let done = page
+                .data
+                .iter()
+                .find(|batch| batch.id == id)
+                .is_some_and(|batch| batch.materialised_count == batch.run_count);
+            if done {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -121,8 +121,10 @@ fn list_batches_statement(status: bool, after: bool, limit: u32) -> String {
     sql
 }
 
+/// Write transactions: on SQLite they take the write lock at `BEGIN`, so a transaction never
+/// starts reading and then fails to upgrade to writing (SQLITE_BUSY without a wait).
 macro_rules! impl_sql_run_store {
-    ($store:ty, $db:ty, $lock:expr) => {
+    ($store:ty, $db:ty, $lock:expr, $begin:expr) => {
         #[async_trait]
         impl RunStore for $store {
             async fn claim_materialise(
@@ -160,7 +162,7 @@ macro_rules! impl_sql_run_store {
                     return Ok(ChunkCommitted::Written);
                 };
                 let end = first + chunk.len() as i32;
-                let mut transaction = self.pool.begin().await?;
+                let mut transaction = self.pool.begin_with($begin).await?;
                 let status: Option<String> = sqlx::query_scalar(ADVANCE)
                     .bind(&claim.batch_id)
                     .bind(&claim.token)
@@ -312,7 +314,7 @@ macro_rules! impl_sql_run_store {
                 id: &str,
                 now: Millis,
             ) -> Result<Canceled, DependencyError> {
-                let mut transaction = self.pool.begin().await?;
+                let mut transaction = self.pool.begin_with($begin).await?;
                 let canceled: Option<BatchRow> = sqlx::query_as(&format!(
                     "UPDATE batches SET status = 'CANCELED', completed_at = $3 \
                      WHERE id = $1 AND tenant = $2 AND status IN ('PENDING', 'PROCESSING') \
@@ -349,8 +351,8 @@ macro_rules! impl_sql_run_store {
     };
 }
 
-impl_sql_run_store!(PostgresStore, Postgres, "FOR UPDATE SKIP LOCKED");
-impl_sql_run_store!(SqliteStore, Sqlite, "");
+impl_sql_run_store!(PostgresStore, Postgres, "FOR UPDATE SKIP LOCKED", "BEGIN");
+impl_sql_run_store!(SqliteStore, Sqlite, "", "BEGIN IMMEDIATE");
 
 impl PostgresStore {
     /// One statement for the whole chunk: every column bound as an array.
