@@ -90,6 +90,14 @@ async fn materialise_waiting(
                 batch_id,
                 runs_written,
             }) => tracing::info!(batch = %batch_id, runs_written, "batch materialised"),
+            Ok(Pass::Written {
+                batch_id,
+                runs_written,
+            }) => tracing::info!(
+                batch = %batch_id,
+                runs_written,
+                "batch materialised; its queue items go once no stream can still write them"
+            ),
             Ok(Pass::ClaimLost { batch_id }) => {
                 tracing::info!(batch = %batch_id, "another node took the batch over")
             }

@@ -97,22 +97,23 @@ pub async fn list_batches(
         })
         .transpose()?;
     let after = cursor.map(parse_batch_cursor).transpose()?;
-    let mut batches = runs
+    let batches = runs
         .list_batches(tenant, status, after.as_ref(), limit + 1)
         .await?;
-    let next_cursor = (batches.len() > limit as usize).then(|| {
-        batches.truncate(limit as usize);
-        batch_cursor(batches.last().expect("a full page"))
-    });
+    let page = Page::of_read(batches, limit, batch_cursor);
     let now = now_millis();
-    let data = batches
+    let data = page
+        .data
         .into_iter()
         .map(|batch| {
             let status = batch.effective_status(seal_timeout_ms as i64, now);
             (batch, status)
         })
         .collect();
-    Ok(Page { data, next_cursor })
+    Ok(Page {
+        data,
+        next_cursor: page.next_cursor,
+    })
 }
 
 /// Cancels the tenant's batch: pending runs become `CANCELED`, claimed runs finish, runs not yet

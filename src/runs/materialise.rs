@@ -35,6 +35,12 @@ pub struct MaterialiseSettings {
 /// How soon a batch whose pass failed may be taken again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
+/// How long after its seal a batch's queue items are kept. A stream still running at the seal
+/// checks the seal before each enqueue, but an enqueue that checked just before it can land later
+/// (it may wait for SQLite's write lock up to its 30 s busy timeout; Redis calls time out after
+/// 5 s); deleting the items before it lands would let it store them again.
+pub const QUEUE_DELETE_GRACE: Duration = Duration::from_secs(35);
+
 #[derive(Debug, thiserror::Error)]
 pub enum MaterialiseError {
     #[error(transparent)]
@@ -50,6 +56,9 @@ pub enum Pass {
     Idle,
     /// Every run of the batch is written and its queue items are deleted.
     Done { batch_id: String, runs_written: u32 },
+    /// Every run of the batch is written; its queue items are deleted by a later pass, once
+    /// [`QUEUE_DELETE_GRACE`] has passed since the seal.
+    Written { batch_id: String, runs_written: u32 },
     /// Another pass took the batch over while this one ran; it goes on from the checkpoint.
     ClaimLost { batch_id: String },
 }
@@ -73,27 +82,34 @@ pub async fn materialise_next(
         return Ok(Pass::Idle);
     };
     let started_at = claim.next_index;
+    let runs_written = claim.run_count - started_at;
     let result = async {
         if write_runs(&claim, runs, queue, settings).await? == ChunkCommitted::ClaimLost {
-            return Ok(false);
+            return Ok(Pass::ClaimLost {
+                batch_id: claim.batch_id.clone(),
+            });
+        }
+        let now = now_millis();
+        let delete_at = claim.sealed_at + millis(QUEUE_DELETE_GRACE);
+        if now < delete_at {
+            runs.release_materialise(&claim, false, now, delete_at)
+                .await?;
+            return Ok(Pass::Written {
+                batch_id: claim.batch_id.clone(),
+                runs_written,
+            });
         }
         queue.delete_batch(&claim.batch_id).await?;
-        let now = now_millis();
         runs.release_materialise(&claim, true, now, now).await?;
-        Ok::<_, MaterialiseError>(true)
+        crate::metrics::batch_materialised();
+        Ok::<_, MaterialiseError>(Pass::Done {
+            batch_id: claim.batch_id.clone(),
+            runs_written,
+        })
     }
     .await;
     match result {
-        Ok(true) => {
-            crate::metrics::batch_materialised();
-            Ok(Pass::Done {
-                runs_written: claim.run_count - started_at,
-                batch_id: claim.batch_id,
-            })
-        }
-        Ok(false) => Ok(Pass::ClaimLost {
-            batch_id: claim.batch_id,
-        }),
+        Ok(pass) => Ok(pass),
         Err(error) => {
             let now = now_millis();
             let retry_at = now + millis(RETRY_AFTER_FAILURE);

@@ -40,6 +40,17 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// A page from `limit + 1` entries read: an entry past the limit says there is more, and the
+    /// next page starts after the last entry kept (`cursor_after` names where).
+    fn of_read(mut data: Vec<T>, limit: u32, cursor_after: impl FnOnce(&T) -> String) -> Self {
+        let more = data.len() > limit as usize;
+        data.truncate(limit as usize);
+        let next_cursor = more.then(|| data.last().map(cursor_after)).flatten();
+        Self { data, next_cursor }
+    }
+}
+
 /// A page size: `1..=MAX_PAGE_LIMIT`, the default when absent.
 pub fn page_limit(limit: Option<i64>) -> Result<u32, RunsError> {
     match limit {

@@ -38,18 +38,13 @@ pub async fn list_runs(
         .transpose()?
         .unwrap_or(0);
     let (batch, _) = find_batch(ports.store.as_ref(), tenant, batch_id, seal_timeout_ms).await?;
-    let mut runs = ports
+    let runs = ports
         .runs
         .runs(&batch.id, status, from_index, limit + 1)
         .await?;
-    let next_cursor = (runs.len() > limit as usize).then(|| {
-        let next = runs.pop().expect("a page and one more");
-        next.index.to_string()
-    });
-    Ok(Page {
-        data: runs,
-        next_cursor,
-    })
+    Ok(Page::of_read(runs, limit, |last| {
+        (last.index + 1).to_string()
+    }))
 }
 
 /// The tenant's run with this id.

@@ -168,6 +168,7 @@ pub struct MaterialiseClaim {
     pub run_count: u32,
     /// Runs `0..next_index` are written; the pass resumes here.
     pub next_index: u32,
+    pub sealed_at: Millis,
     /// The pass's own token: every write of the pass is guarded by it.
     pub token: String,
 }

@@ -37,7 +37,7 @@ fn claim_statement(lock: &str) -> String {
     format!(
         "UPDATE batches SET materialiser = $1, materialiser_lease_until = $3 \
          WHERE id = (SELECT id FROM batches WHERE {FREE} ORDER BY sealed_at LIMIT 1 {lock}) \
-         AND {FREE} RETURNING id, tenant, run_count, materialised_count"
+         AND {FREE} RETURNING id, tenant, run_count, materialised_count, sealed_at"
     )
 }
 
@@ -133,7 +133,7 @@ macro_rules! impl_sql_run_store {
                 now: Millis,
                 lease_until: Millis,
             ) -> Result<Option<MaterialiseClaim>, DependencyError> {
-                let row: Option<(String, String, i32, i32)> =
+                let row: Option<(String, String, i32, i32, Option<i64>)> =
                     sqlx::query_as(&claim_statement($lock))
                         .bind(token)
                         .bind(now)
@@ -141,11 +141,12 @@ macro_rules! impl_sql_run_store {
                         .fetch_optional(&self.pool)
                         .await?;
                 Ok(row.map(
-                    |(batch_id, tenant, run_count, next_index)| MaterialiseClaim {
+                    |(batch_id, tenant, run_count, next_index, sealed_at)| MaterialiseClaim {
                         batch_id,
                         tenant,
                         run_count: run_count as u32,
                         next_index: next_index as u32,
+                        sealed_at: sealed_at.unwrap_or_default(),
                         token: token.to_owned(),
                     },
                 ))

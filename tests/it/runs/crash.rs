@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rstest::rstest;
 use serde_json::Value;
@@ -137,11 +137,9 @@ async fn a_server_killed_while_materialising_writes_every_run_exactly_once(#[cas
                 .unwrap(),
         ),
     };
-    poll_until(
-        "the queue items are deleted",
-        Duration::from_secs(30),
-        || async { queue.progress(&id).await.unwrap().enqueued == 0 },
-    )
+    poll_until("the queue items are deleted", MATERIALISE_LIMIT, || async {
+        queue.progress(&id).await.unwrap().enqueued == 0
+    })
     .await;
     server.kill().await;
 }

@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 
 use crate::support::{Api, KEY, Mode, OTHER_KEY, TestServer, into_parts, ndjson, poll_until};
 
-/// Longest a batch may take to be materialised in these tests.
-const MATERIALISE_LIMIT: Duration = Duration::from_secs(60);
+/// Longest a batch may take to be materialised in these tests (its queue items are deleted
+/// `QUEUE_DELETE_GRACE` after the seal).
+const MATERIALISE_LIMIT: Duration = Duration::from_secs(90);
 
 impl Api {
     pub async fn get_as(&self, key: &str, path: &str) -> (StatusCode, Value) {
