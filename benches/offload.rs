@@ -200,12 +200,27 @@ impl ItemQueue for TimedQueue {
     async fn ping(&self) -> Result<(), DependencyError> {
         self.queue.ping().await
     }
+
+    async fn items_in_range(
+        &self,
+        batch_id: &str,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<Option<Bytes>>, DependencyError> {
+        self.queue.items_in_range(batch_id, first, last).await
+    }
+
+    async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {
+        self.queue.delete_batch(batch_id).await
+    }
 }
 
 /// One queue backend under test, with what it needs to clean up after a run.
 struct Backend {
     name: &'static str,
     queue: Arc<TimedQueue>,
+    /// The batch store each enqueue checks the seal in (it holds no bench batch: never sealed).
+    store: Arc<SqliteStore>,
     /// Set for Redis, whose batch keys never expire on their own.
     redis: Option<redis::Client>,
 }
@@ -297,9 +312,12 @@ impl Bench {
         let batch_id = format!("bench-offload-{:016x}", rand::random::<u64>());
         let target = IngestTarget {
             batch_id: batch_id.as_str().into(),
+            tenant: "bench".into(),
             run_count: items as u32,
             queue: backend.queue.clone(),
             payloads: self.payloads.clone(),
+            store: backend.store.clone(),
+            open_until: std::sync::Mutex::new(None),
         };
         let limits = IngestLimits {
             concurrency,
@@ -507,10 +525,11 @@ fn scratch_parent() -> PathBuf {
 }
 
 async fn connect_backends(scratch: &Path) -> BenchResult<Vec<Backend>> {
-    let sqlite = SqliteStore::open(&scratch.join("sluice.db")).await?;
+    let sqlite = Arc::new(SqliteStore::open(&scratch.join("sluice.db")).await?);
     let mut backends = vec![Backend {
         name: "sqlite",
-        queue: Arc::new(TimedQueue::new(Arc::new(sqlite))),
+        queue: Arc::new(TimedQueue::new(sqlite.clone())),
+        store: sqlite.clone(),
         redis: None,
     }];
     if let Ok(url) = std::env::var("SLUICE_BENCH_REDIS_URL") {
@@ -518,6 +537,7 @@ async fn connect_backends(scratch: &Path) -> BenchResult<Vec<Backend>> {
         backends.push(Backend {
             name: "redis",
             queue: Arc::new(TimedQueue::new(Arc::new(queue))),
+            store: sqlite.clone(),
             // Clean-up talks to one node; a Cluster's keys are left behind.
             redis: if url.contains(',') {
                 None

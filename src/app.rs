@@ -15,10 +15,12 @@ use crate::dependency::DependencyError;
 use crate::payloads::PayloadStore;
 use crate::payloads::adapters::{FsPayloadStore, S3PayloadStore};
 use crate::ports::Ports;
+use crate::ports::SealSignal;
 use crate::queue::ItemQueue;
 use crate::queue::adapters::{RedisQueue, TwoStepRedisQueue};
 use crate::store::BatchStore;
 use crate::store::adapters::{PostgresStore, SqliteStore, sqlite};
+use crate::store::runs::RunStore;
 use crate::tasks::NamedTask;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,7 @@ pub struct App {
     pub store: Arc<dyn BatchStore>,
     pub queue: Arc<dyn ItemQueue>,
     pub payloads: Arc<dyn PayloadStore>,
+    pub runs: Arc<dyn RunStore>,
     pub keys: ApiKeys,
     /// The generated key of the embedded mode, when no keys were configured.
     pub dev_key: Option<String>,
@@ -68,21 +71,21 @@ impl App {
         };
 
         let mut embedded = None;
-        let (store, sql_queue): (Arc<dyn BatchStore>, Arc<dyn ItemQueue>) = match config
-            .database_connect_url()
-        {
-            Some(url) => {
-                let store =
-                    Arc::new(PostgresStore::connect(&url, config.database_pool_size()).await?);
-                (store.clone(), store)
-            }
-            None => {
-                tokio::fs::create_dir_all(&config.data_dir).await?;
-                let store = Arc::new(SqliteStore::open(&config.data_dir.join("sluice.db")).await?);
-                embedded = Some(store.clone());
-                (store.clone(), store)
-            }
-        };
+        let (store, sql_queue, runs): (Arc<dyn BatchStore>, Arc<dyn ItemQueue>, Arc<dyn RunStore>) =
+            match config.database_connect_url() {
+                Some(url) => {
+                    let store =
+                        Arc::new(PostgresStore::connect(&url, config.database_pool_size()).await?);
+                    (store.clone(), store.clone(), store)
+                }
+                None => {
+                    tokio::fs::create_dir_all(&config.data_dir).await?;
+                    let store =
+                        Arc::new(SqliteStore::open(&config.data_dir.join("sluice.db")).await?);
+                    embedded = Some(store.clone());
+                    (store.clone(), store.clone(), store)
+                }
+            };
         let queue: Arc<dyn ItemQueue> = match &config.redis_url {
             Some(url) if config.bench_two_step_enqueue => {
                 Arc::new(TwoStepRedisQueue(RedisQueue::connect(url).await?))
@@ -100,6 +103,7 @@ impl App {
             store,
             queue,
             payloads,
+            runs,
             keys,
             dev_key,
             embedded,
@@ -137,6 +141,8 @@ pub async fn serve(
         store: app.store,
         queue: app.queue,
         payloads: app.payloads,
+        runs: app.runs,
+        sealed: SealSignal::default(),
     };
     tasks.extend(crate::jobs::spawn(&app.config, &ports, &shutdown));
     if let Some(sqlite) = app.embedded {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::payloads::adapters::S3Settings;
+use crate::runs::materialise::MaterialiseSettings;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -189,6 +190,23 @@ pub struct Config {
           value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Runs written per statement when a sealed batch is materialised.
+    #[arg(long = "materialise-chunk-items", env = "SLUICE_MATERIALISE_CHUNK_ITEMS", value_name = "SLUICE_MATERIALISE_CHUNK_ITEMS",
+          default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub materialise_chunk_items: u32,
+
+    /// Chunks in the materialiser's pipeline, the one committing included; `1` commits each
+    /// chunk before reading the next.
+    #[arg(long = "materialise-pipeline-depth", env = "SLUICE_MATERIALISE_PIPELINE_DEPTH", value_name = "SLUICE_MATERIALISE_PIPELINE_DEPTH",
+          default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub materialise_pipeline_depth: u32,
+
+    /// How long a materialising node holds a batch without committing a chunk before another
+    /// node may take it over.
+    #[arg(long = "materialise-lease-ms", env = "SLUICE_MATERIALISE_LEASE_MS", value_name = "SLUICE_MATERIALISE_LEASE_MS",
+          default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub materialise_lease_ms: u64,
+
     /// Benchmark reference only: enqueue each item as a per-item path does, one dedup command
     /// (`SADD`) and then one store command (`HSET`), two round trips per item, not atomic. Needs
     /// REDIS_URL; never for real traffic.
@@ -239,6 +257,9 @@ impl Config {
             shutdown_grace_ms: 30_000,
             metrics_listen: None,
             log_format: LogFormat::Text,
+            materialise_chunk_items: 5_000,
+            materialise_pipeline_depth: 2,
+            materialise_lease_ms: 30_000,
             bench_two_step_enqueue: false,
             api_keys: None,
         }
@@ -293,6 +314,14 @@ impl Config {
         } else {
             format!("{base}?{}", kept.join("&"))
         })
+    }
+
+    pub fn materialise(&self) -> MaterialiseSettings {
+        MaterialiseSettings {
+            chunk_items: self.materialise_chunk_items,
+            pipeline_depth: self.materialise_pipeline_depth,
+            lease: std::time::Duration::from_millis(self.materialise_lease_ms),
+        }
     }
 
     pub fn s3(&self) -> Option<S3Settings> {

@@ -16,5 +16,6 @@ pub mod ports;
 /// The wire protocol: framing, item rules, stored shapes, API bodies (the `sluice-protocol` crate).
 pub use sluice_protocol as protocol;
 pub mod queue;
+pub mod runs;
 pub mod store;
 pub mod tasks;

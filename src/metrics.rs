@@ -149,3 +149,19 @@ pub fn dependency_error(error: &DependencyError) {
     )
     .increment(1);
 }
+
+/// Runs written by the materialiser, and how long each chunk's commit took.
+pub fn chunk_committed(elapsed: Duration, runs: usize) {
+    histogram!("sluice_materialise_chunk_commit_seconds").record(elapsed.as_secs_f64());
+    counter!("sluice_runs_materialised_total").increment(runs as u64);
+}
+
+/// A batch whose runs are all written and whose queue items are deleted.
+pub fn batch_materialised() {
+    counter!("sluice_batches_materialised_total").increment(1);
+}
+
+/// Sealed batches whose runs are not all written yet (or whose queue items are not deleted).
+pub fn batches_waiting(count: u64) {
+    gauge!("sluice_batches_waiting").set(count as f64);
+}

@@ -9,5 +9,6 @@ pub mod framer;
 pub mod index_probe;
 pub mod item;
 pub mod quote;
+pub mod runs;
 pub mod stored;
 pub mod wire;

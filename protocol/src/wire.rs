@@ -93,15 +93,24 @@ pub struct BatchResponse {
     pub sealed_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
+    /// Runs written so far (`0..materialisedCount`); `runCount` once the batch is materialised.
+    #[serde(default)]
+    pub materialised_count: u32,
     pub counts: RunCounts,
 }
 
+/// How many of a batch's written runs are in each status; they add up to `materialisedCount`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunCounts {
     pub pending: u64,
+    /// The same as `claimed`, under the name earlier versions gave it.
     pub running: u64,
     pub completed: u64,
     pub failed: u64,
+    #[serde(default)]
+    pub claimed: u64,
+    #[serde(default)]
+    pub canceled: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

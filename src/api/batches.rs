@@ -1,12 +1,14 @@
-//! Phase 1 (`POST /api/v3/batches`) and reading a batch (`GET /api/v3/batches/{id}`).
+//! Phase 1 (`POST /api/v3/batches`), reading a batch (`GET /api/v3/batches/{id}`), listing a
+//! tenant's batches (`GET /api/v3/batches`) and canceling one (`POST …/{id}/cancel`).
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
@@ -14,9 +16,11 @@ use super::auth::Tenant;
 use super::error::ApiError;
 use super::state::ApiState;
 use crate::ingest::batches as ingest;
-use crate::protocol::quote::bounded;
+use crate::protocol::quote::{bounded, quote};
+use crate::protocol::runs::{BatchSummary, Page};
 use crate::protocol::wire::{BatchResponse, CreateBatchRequest, CreateBatchResponse, RunCounts};
-use crate::store::{Batch, Created, Millis};
+use crate::runs::batches::{self as runs, BatchView};
+use crate::store::{Created, Millis};
 
 pub const MAX_CREATE_BODY_BYTES: usize = 128 * 1024;
 
@@ -108,40 +112,105 @@ pub async fn get_batch(
     Tenant(tenant): Tenant,
     BatchId(id): BatchId,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    let (batch, status) = ingest::find_batch(
-        state.ports.store.as_ref(),
+    let view = runs::batch_view(&state.ports, &tenant, &id, state.config.seal_timeout_ms).await?;
+    Ok(Json(batch_response(view)))
+}
+
+/// `POST /api/v3/batches/{id}/cancel`: the batch as it is once canceled.
+pub async fn cancel_batch(
+    State(state): State<ApiState>,
+    Tenant(tenant): Tenant,
+    BatchId(id): BatchId,
+) -> Result<Json<BatchResponse>, ApiError> {
+    let view = runs::cancel_batch(&state.ports, &tenant, &id, state.config.seal_timeout_ms).await?;
+    Ok(Json(batch_response(view)))
+}
+
+pub fn batch_response(view: BatchView) -> BatchResponse {
+    let BatchView {
+        batch,
+        status,
+        enqueued,
+        counts,
+    } = view;
+    BatchResponse {
+        id: batch.id,
+        status: status.as_str().to_owned(),
+        run_count: batch.run_count,
+        sealed: batch.sealed,
+        enqueued_count: enqueued,
+        created_at: rfc3339(batch.created_at),
+        sealed_at: batch.sealed_at.map(rfc3339),
+        completed_at: batch.completed_at.map(rfc3339),
+        materialised_count: batch.materialised_count,
+        counts: RunCounts {
+            pending: counts.pending,
+            running: counts.claimed,
+            completed: counts.completed,
+            failed: counts.failed,
+            claimed: counts.claimed,
+            canceled: counts.canceled,
+        },
+    }
+}
+
+/// The query of a list: `status`, `cursor` and `limit`, all optional.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<String>,
+}
+
+impl ListQuery {
+    pub fn limit(&self) -> Result<Option<i64>, ApiError> {
+        self.limit
+            .as_deref()
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    ApiError::InvalidRequest(format!(
+                        "limit must be an integer, got {}",
+                        quote(text)
+                    ))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// `GET /api/v3/batches`: the tenant's batches, newest first.
+pub async fn list_batches(
+    State(state): State<ApiState>,
+    Tenant(tenant): Tenant,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Page<BatchSummary>>, ApiError> {
+    let Query(query) = query?;
+    let page = runs::list_batches(
+        state.ports.runs.as_ref(),
         &tenant,
-        &id,
+        query.status.as_deref(),
+        query.cursor.as_deref(),
+        query.limit()?,
         state.config.seal_timeout_ms,
     )
     .await?;
-    let progress = state.ports.queue.progress(&batch.id).await?;
-    let Batch {
-        id,
-        run_count,
-        sealed,
-        created_at,
-        sealed_at,
-        completed_at,
-        ..
-    } = batch;
-    Ok(Json(BatchResponse {
-        id,
-        status: status.as_str().to_owned(),
-        run_count,
-        sealed,
-        enqueued_count: progress.enqueued,
-        created_at: rfc3339(created_at),
-        sealed_at: sealed_at.map(rfc3339),
-        completed_at: completed_at.map(rfc3339),
-        // Runs are not materialised yet: every enqueued item is a pending run, failed items
-        // are failed runs.
-        counts: RunCounts {
-            pending: progress.enqueued - progress.failed,
-            running: 0,
-            completed: 0,
-            failed: progress.failed,
-        },
+    Ok(Json(Page {
+        data: page
+            .data
+            .into_iter()
+            .map(|(batch, status)| BatchSummary {
+                id: batch.id,
+                status: status.as_str().to_owned(),
+                run_count: batch.run_count,
+                sealed: batch.sealed,
+                materialised_count: batch.materialised_count,
+                idempotency_key: batch.idempotency_key,
+                created_at: rfc3339(batch.created_at),
+                sealed_at: batch.sealed_at.map(rfc3339),
+                completed_at: batch.completed_at.map(rfc3339),
+            })
+            .collect(),
+        next_cursor: page.next_cursor,
     }))
 }
 

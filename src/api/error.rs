@@ -4,7 +4,7 @@
 //! items). Dependency failures are logged here with the request's span; clients never see internals.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -15,6 +15,7 @@ use crate::dependency::DependencyError;
 use crate::ingest::batches::BatchError;
 use crate::protocol::quote::bounded;
 use crate::protocol::wire::IngestResponse;
+use crate::runs::RunsError;
 
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECONDS: &str = "1";
@@ -70,6 +71,12 @@ pub enum ApiError {
     StreamFailed(DependencyError, Box<IngestResponse>),
     #[error("internal error")]
     Internal,
+    #[error("no run with this id")]
+    RunNotFound,
+    #[error("this run has no payload")]
+    PayloadNotFound,
+    #[error("batch is {0} and can no longer be canceled")]
+    BatchFinal(&'static str),
 }
 
 impl ApiError {
@@ -77,6 +84,8 @@ impl ApiError {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BatchNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::RunNotFound | Self::PayloadNotFound => StatusCode::NOT_FOUND,
+            Self::BatchFinal(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BatchNotPending(_) => StatusCode::CONFLICT,
             Self::InvalidRequest(_) | Self::UnreadableBody(_) => StatusCode::BAD_REQUEST,
@@ -107,6 +116,9 @@ impl ApiError {
         match self {
             Self::Unauthorized => "UNAUTHORIZED",
             Self::BatchNotFound => "BATCH_NOT_FOUND",
+            Self::RunNotFound => "RUN_NOT_FOUND",
+            Self::PayloadNotFound => "PAYLOAD_NOT_FOUND",
+            Self::BatchFinal(_) => "BATCH_FINAL",
             Self::RouteNotFound => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::BatchNotPending(_) => "BATCH_NOT_PENDING",
@@ -217,6 +229,25 @@ impl From<BatchError> for ApiError {
             BatchError::NotPending(status) => Self::BatchNotPending(status.as_str()),
             BatchError::Dependency(error) => Self::Dependency(error),
         }
+    }
+}
+
+impl From<RunsError> for ApiError {
+    fn from(error: RunsError) -> Self {
+        match error {
+            RunsError::Invalid(message) => Self::InvalidRequest(message),
+            RunsError::BatchNotFound => Self::BatchNotFound,
+            RunsError::RunNotFound => Self::RunNotFound,
+            RunsError::NoPayload => Self::PayloadNotFound,
+            RunsError::BatchFinal(status) => Self::BatchFinal(status.as_str()),
+            RunsError::Dependency(error) => Self::Dependency(error),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::InvalidRequest(bounded(rejection.body_text()))
     }
 }
 

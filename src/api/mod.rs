@@ -11,7 +11,9 @@ pub mod health;
 pub mod items;
 pub mod linger;
 pub mod rate_limit;
+pub mod runs;
 pub mod state;
+pub mod trigger;
 
 use std::any::Any;
 use std::time::Instant;
@@ -91,9 +93,15 @@ pub fn router(state: ApiState) -> Router {
             linger::linger_after_early_answers,
         ));
     Router::new()
-        .route("/api/v3/batches", create)
+        .route("/api/v3/batches", create.get(batches::list_batches))
         .route("/api/v3/batches/{id}", get(batches::get_batch))
         .route("/api/v3/batches/{id}/items", stream_items)
+        .route("/api/v3/batches/{id}/cancel", post(batches::cancel_batch))
+        .route("/api/v3/batches/{id}/runs", get(runs::list_runs))
+        .route("/api/v3/runs/{id}", get(runs::get_run))
+        .route("/api/v3/runs/{id}/payload", get(runs::get_run_payload))
+        .route("/api/v2/batches/{id}", get(trigger::get_batch_v2))
+        .route("/api/v1/batches/{id}", get(trigger::get_batch_v1))
         .route("/healthz", get(health::healthz))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -148,9 +148,12 @@ pub async fn stream_into_batch(
 
     let target = IngestTarget {
         batch_id: Arc::from(batch.id.as_str()),
+        tenant: Arc::from(tenant),
         run_count: batch.run_count,
         queue: ports.queue.clone(),
         payloads: ports.payloads.clone(),
+        store: ports.store.clone(),
+        open_until: std::sync::Mutex::new(None),
     };
     let (summary, result) = ingest(reads, &target, limits).await;
     summary.record_metrics();
@@ -175,7 +178,13 @@ pub async fn stream_into_batch(
     )
     .await
     {
-        Ok(seal) => Some(seal),
+        Ok(seal) => {
+            if matches!(seal, SealOutcome::Sealed) {
+                // This node starts writing the batch's runs now, not at the next wake-up.
+                ports.sealed.batch_sealed();
+            }
+            Some(seal)
+        }
         Err(error) => {
             stop = Some(StreamStop::Dependency(error));
             None

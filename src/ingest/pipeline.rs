@@ -24,7 +24,8 @@ use crate::payloads::{PayloadStore, payload_key};
 use crate::protocol::framer::{Frame, FrameKind, map_frames};
 use crate::protocol::item::{Decoded, LineCode, LineRules, Rejection, decode_frame};
 use crate::protocol::stored::{OFFLOADED_PAYLOAD_TYPE, StoredFailure, StoredItem, to_json};
-use crate::queue::{ItemQueue, QueuedItem};
+use crate::queue::{Enqueued, ItemQueue, QueuedItem};
+use crate::store::BatchStore;
 
 /// Most item bytes one enqueue call carries (one item is always let through).
 const MAX_BYTES_PER_ENQUEUE: usize = 1 << 20;
@@ -51,12 +52,45 @@ pub enum IngestError {
 }
 
 /// The backends a stream writes to.
-#[derive(Clone)]
 pub struct IngestTarget {
     pub batch_id: Arc<str>,
+    pub tenant: Arc<str>,
     pub run_count: u32,
     pub queue: Arc<dyn ItemQueue>,
     pub payloads: Arc<dyn PayloadStore>,
+    /// Read before enqueuing (at most every [`SEALED_CHECK_PERIOD`]): a batch sealed meanwhile
+    /// takes nothing more.
+    pub store: Arc<dyn BatchStore>,
+    /// Until when the last read of the batch found it unsealed and is trusted.
+    pub open_until: std::sync::Mutex<Option<Instant>>,
+}
+
+/// How long a read that found the batch unsealed is trusted. Far below the delay before a sealed
+/// batch's queue items are deleted (`runs::materialise::QUEUE_DELETE_GRACE`), so an enqueue that
+/// trusted it lands long before that deletion, never after it; and one read per stream per second
+/// costs nothing next to the enqueues.
+pub const SEALED_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Enqueues `items`, unless the batch was sealed since the stream began: then every index is
+/// taken and each item is a duplicate. Checked first because a sealed batch's queue items are
+/// deleted once its runs are written, and an enqueue after that would store them again.
+async fn enqueue_unless_sealed(
+    target: &IngestTarget,
+    items: &[QueuedItem],
+) -> Result<Enqueued, DependencyError> {
+    let trusted = *target.open_until.lock().expect("never poisoned");
+    if trusted.is_none_or(|until| Instant::now() >= until) {
+        let read_at = Instant::now();
+        let batch = target.store.batch(&target.tenant, &target.batch_id).await?;
+        if batch.is_some_and(|batch| batch.sealed) {
+            return Ok(Enqueued {
+                stored: vec![false; items.len()],
+                taken_after: None,
+            });
+        }
+        *target.open_until.lock().expect("never poisoned") = Some(read_at + SEALED_CHECK_PERIOD);
+    }
+    target.queue.enqueue(&target.batch_id, items).await
 }
 
 /// What one line turned into once its payload (if large) is offloaded.
@@ -205,7 +239,7 @@ async fn enqueue_batch(
     let stored = if items.is_empty() {
         Vec::new()
     } else {
-        match target.queue.enqueue(&target.batch_id, &items).await {
+        match enqueue_unless_sealed(target, &items).await {
             Ok(enqueued) => {
                 taken_after = enqueued.taken_after;
                 let lost = offloaded

@@ -3,6 +3,7 @@
 //! never the HTTP layer's state.
 
 mod expire;
+mod materialise;
 
 use tokio_util::sync::CancellationToken;
 
@@ -12,9 +13,17 @@ use crate::tasks::NamedTask;
 
 /// Starts every job; the caller joins them (`crate::tasks::join_all`) after shutdown.
 pub fn spawn(config: &Config, ports: &Ports, shutdown: &CancellationToken) -> Vec<NamedTask> {
-    vec![expire::spawn(
+    let mut jobs = vec![expire::spawn(
         ports.store.clone(),
         config.seal_timeout_ms,
         shutdown.clone(),
-    )]
+    )];
+    jobs.extend(materialise::spawn(
+        ports.runs.clone(),
+        ports.queue.clone(),
+        ports.sealed.clone(),
+        config.materialise(),
+        shutdown.clone(),
+    ));
+    jobs
 }

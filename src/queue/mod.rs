@@ -69,4 +69,16 @@ pub trait ItemQueue: Send + Sync + 'static {
     async fn item(&self, batch_id: &str, index: u32) -> Result<Option<Bytes>, DependencyError>;
 
     async fn ping(&self) -> Result<(), DependencyError>;
+
+    /// The stored items at `first..=last`, in index order (`None` where an index holds nothing),
+    /// read in one command or statement.
+    async fn items_in_range(
+        &self,
+        batch_id: &str,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<Option<Bytes>>, DependencyError>;
+
+    /// Deletes every item of the batch (once its runs are written).
+    async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError>;
 }

@@ -4,6 +4,7 @@
 //! the queue.
 
 pub mod adapters;
+pub mod runs;
 
 use async_trait::async_trait;
 
@@ -23,6 +24,8 @@ pub enum BatchStatus {
     Completed,
     PartialFailed,
     Aborted,
+    /// Canceled by the tenant (`POST /api/v3/batches/{id}/cancel`); final.
+    Canceled,
 }
 
 impl BatchStatus {
@@ -33,6 +36,7 @@ impl BatchStatus {
             Self::Completed => "COMPLETED",
             Self::PartialFailed => "PARTIAL_FAILED",
             Self::Aborted => "ABORTED",
+            Self::Canceled => "CANCELED",
         }
     }
 
@@ -43,6 +47,7 @@ impl BatchStatus {
             "COMPLETED" => Self::Completed,
             "PARTIAL_FAILED" => Self::PartialFailed,
             "ABORTED" => Self::Aborted,
+            "CANCELED" => Self::Canceled,
             _ => return None,
         })
     }
@@ -72,6 +77,8 @@ pub struct Batch {
     pub created_at: Millis,
     pub sealed_at: Option<Millis>,
     pub completed_at: Option<Millis>,
+    /// Runs `0..materialised_count` are written (the materialiser's checkpoint).
+    pub materialised_count: u32,
 }
 
 impl Batch {

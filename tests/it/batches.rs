@@ -231,9 +231,12 @@ async fn batch_reads_report_status_counts_and_times(#[case] mode: Mode) {
     assert_eq!(batch["status"], "PROCESSING");
     assert_eq!(batch["sealed"], true);
     assert_eq!(batch["enqueuedCount"], 3);
+    // Counts are of runs written; they add up to materialisedCount.
+    let batch = crate::runs::wait_materialised(&server, &id).await;
+    assert_eq!(batch["enqueuedCount"], 3);
     assert_eq!(
         batch["counts"],
-        json!({ "pending": 2, "running": 0, "completed": 0, "failed": 1 })
+        json!({ "pending": 2, "running": 0, "claimed": 0, "completed": 0, "failed": 1, "canceled": 0 })
     );
     assert!(batch["createdAt"].as_str().unwrap().ends_with('Z'));
     assert!(batch["sealedAt"].is_string());

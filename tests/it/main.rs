@@ -8,6 +8,7 @@ mod linger;
 mod missing;
 mod observability;
 mod outage;
+mod runs;
 mod send;
 mod shutdown;
 mod support;

@@ -19,18 +19,19 @@ use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use reqwest::{Body, StatusCode};
 use rstest::rstest;
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice::dependency::DependencyError;
 use sluice::payloads::PayloadStore;
 use sluice::payloads::adapters::{FsPayloadStore, S3PayloadStore, S3Settings};
 use sluice::queue::ItemQueue;
 use sluice::queue::adapters::RedisQueue;
-use sluice::store::adapters::SqliteStore;
+use sluice::store::adapters::{PostgresStore, SqliteStore};
+use sluice::store::runs::RunStore;
 use tokio::task::JoinHandle;
 
 use crate::support::{
     KEY, Mode, PostgresStop, PrivatePostgres, PrivateRedis, PrivateS3, ServerProcess, TestServer,
-    chunked, into_parts, poll_until,
+    accepted_item, chunked, into_parts, poll_until,
 };
 
 /// Items of a batch in the dependency tests; the stream stops its dependency halfway.
@@ -126,6 +127,7 @@ async fn write_chunks(body: &mut mpsc::Sender<io::Result<Bytes>>, bytes: &[u8]) 
 struct Stored {
     queue: Arc<dyn ItemQueue>,
     payloads: Arc<dyn PayloadStore>,
+    runs: Arc<dyn RunStore>,
 }
 
 impl Stored {
@@ -133,6 +135,7 @@ impl Stored {
         Self {
             queue: server.queue.clone(),
             payloads: server.payloads.clone(),
+            runs: server.runs.clone(),
         }
     }
 
@@ -149,13 +152,9 @@ impl Stored {
 
     /// The `n` of the payload stored at `index`, read from the payload store when offloaded.
     async fn payload_number(&self, id: &str, index: u32) -> (u32, u64) {
-        let body = self
-            .queue
-            .item(id, index)
+        let item = accepted_item(self.queue.as_ref(), self.runs.as_ref(), id, index)
             .await
-            .unwrap()
             .unwrap_or_else(|| panic!("index {index} is not stored"));
-        let item: Value = serde_json::from_slice(&body).unwrap();
         let payload = if item["payloadType"] == "application/store" {
             let key = item["payload"].as_str().unwrap();
             let object = self.payloads.get(key).await.unwrap();
@@ -566,18 +565,22 @@ fn test_env(name: &str) -> String {
 /// The backends of `mode`, opened by the test itself to read what the server stored.
 async fn stored_for(mode: Mode, data_dir: &std::path::Path) -> Stored {
     match mode {
-        Mode::Embedded => Stored {
-            queue: Arc::new(
+        Mode::Embedded => {
+            let store = Arc::new(
                 SqliteStore::open(&data_dir.join("sluice.db"))
                     .await
                     .unwrap(),
-            ),
-            payloads: Arc::new(
-                FsPayloadStore::open(&data_dir.join("payloads"))
-                    .await
-                    .unwrap(),
-            ),
-        },
+            );
+            Stored {
+                queue: store.clone(),
+                payloads: Arc::new(
+                    FsPayloadStore::open(&data_dir.join("payloads"))
+                        .await
+                        .unwrap(),
+                ),
+                runs: store,
+            }
+        }
         Mode::Production => Stored {
             queue: Arc::new(
                 RedisQueue::connect(&test_env("SLUICE_TEST_REDIS_URL"))
@@ -592,6 +595,11 @@ async fn stored_for(mode: Mode, data_dir: &std::path::Path) -> Stored {
                     force_path_style: true,
                 })
                 .await,
+            ),
+            runs: Arc::new(
+                PostgresStore::connect(&test_env("SLUICE_TEST_DATABASE_URL"), 2)
+                    .await
+                    .unwrap(),
             ),
         },
     }

@@ -22,6 +22,7 @@ use sluice::app::{App, serve};
 use sluice::config::Config;
 use sluice::payloads::PayloadStore;
 use sluice::queue::ItemQueue;
+use sluice::store::runs::{Run, RunStore};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,7 @@ pub struct TestServer {
     api: Api,
     pub queue: Arc<dyn ItemQueue>,
     pub payloads: Arc<dyn PayloadStore>,
+    pub runs: Arc<dyn RunStore>,
     /// Where `/metrics` is served, when the configuration asked for it.
     pub metrics_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
@@ -108,6 +110,7 @@ impl TestServer {
             .map(|listener| listener.local_addr().unwrap());
         let queue = app.queue.clone();
         let payloads = app.payloads.clone();
+        let runs = app.runs.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -116,6 +119,7 @@ impl TestServer {
             api: Api::new(base),
             queue,
             payloads,
+            runs,
             metrics_addr,
             shutdown,
             _data_dir: data_dir,
@@ -143,10 +147,10 @@ impl TestServer {
         }
     }
 
-    /// The item stored at an index, as JSON.
+    /// The item stored at an index, as JSON: from the queue, or from its run once the batch is
+    /// materialised (its queue items are then deleted).
     pub async fn stored_item(&self, id: &str, index: u32) -> Option<Value> {
-        let body = self.queue.item(id, index).await.unwrap()?;
-        Some(serde_json::from_slice(&body).unwrap())
+        accepted_item(self.queue.as_ref(), self.runs.as_ref(), id, index).await
     }
 
     /// The object the payload store holds at `key`, as JSON.
@@ -240,6 +244,47 @@ pub async fn into_parts(response: reqwest::Response) -> (StatusCode, Value) {
         )
     });
     (status, body)
+}
+
+/// The tenant `KEY` belongs to.
+pub const TENANT: &str = "acme";
+
+/// The item accepted at an index, in its stored shape (`{task, payload?, payloadType, options?}`
+/// or `{error, line}`): read from the queue while the batch is not materialised, else rebuilt from
+/// its run (the queue items are deleted only after every run is committed).
+pub async fn accepted_item(
+    queue: &dyn ItemQueue,
+    runs: &dyn RunStore,
+    id: &str,
+    index: u32,
+) -> Option<Value> {
+    if let Some(body) = queue.item(id, index).await.unwrap() {
+        return Some(serde_json::from_slice(&body).unwrap());
+    }
+    let run = runs.run(TENANT, id, index).await.unwrap()?;
+    Some(item_of_run(&run))
+}
+
+fn item_of_run(run: &Run) -> Value {
+    let json = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).unwrap();
+    if run.attempt == 0 {
+        let error = run
+            .error
+            .as_ref()
+            .expect("a failed item's run has its error");
+        return json!({
+            "error": { "code": error.code, "message": error.message },
+            "line": error.line,
+        });
+    }
+    let mut item = json!({ "task": run.task, "payloadType": run.payload_type });
+    if let Some(payload) = &run.payload {
+        item["payload"] = json(payload);
+    }
+    if let Some(options) = &run.options {
+        item["options"] = json(options.as_bytes());
+    }
+    item
 }
 
 /// NDJSON lines for indexes, each `{"index":i,"task":"t","payload":{"n":i}}`.

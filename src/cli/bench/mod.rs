@@ -17,6 +17,7 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use self::body::{BodyShape, generate};
 use self::stats::{Percentiles, peak_rss_bytes, percentiles, reset_peak_rss};
+use crate::protocol::runs::{BatchSummary, Page};
 use crate::protocol::wire::{CreateBatchRequest, CreateBatchResponse, IngestResponse};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,6 +64,10 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// After each batch is sealed, wait until all its runs are written (`materialisedCount =
+    /// runCount`, read every 10 ms) and report how fast they were.
+    #[arg(long)]
+    pub wait_runs: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,6 +84,19 @@ pub struct BenchReport {
     pub request_latency: Percentiles,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_peak_rss_bytes: Option<u64>,
+    /// With `--wait-runs`: from the first seal to the last batch's runs all written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs_per_second: Option<f64>,
+}
+
+/// What one batch's run measured.
+struct BatchTimes {
+    latency: Duration,
+    sealed: bool,
+    /// When the seal was answered and when every run was written (with `--wait-runs`).
+    runs: Option<(Instant, Instant)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +114,7 @@ struct Run {
 }
 
 impl Run {
-    async fn batch(&self, seed: u64) -> Result<(Duration, bool), BenchError> {
+    async fn batch(&self, seed: u64) -> Result<BatchTimes, BenchError> {
         let started = Instant::now();
         let create = CreateBatchRequest {
             run_count: i64::from(self.args.items),
@@ -149,7 +167,42 @@ impl Run {
         } else {
             checked(response).await?.json().await?
         };
-        Ok((started.elapsed(), ingested.sealed))
+        let latency = started.elapsed();
+        let runs = if self.args.wait_runs && ingested.sealed {
+            let sealed_at = Instant::now();
+            self.wait_runs(&created.id).await?;
+            Some((sealed_at, Instant::now()))
+        } else {
+            None
+        };
+        Ok(BatchTimes {
+            latency,
+            sealed: ingested.sealed,
+            runs,
+        })
+    }
+
+    /// Polls the tenant's newest batches (the list shows `materialisedCount` without counting
+    /// runs by status, so polling adds no work of its own to the store).
+    async fn wait_runs(&self, id: &str) -> Result<(), BenchError> {
+        loop {
+            let response = self
+                .client
+                .get(format!("{}/api/v3/batches?limit=1000", self.args.url))
+                .bearer_auth(&self.args.key)
+                .send()
+                .await?;
+            let page: Page<BatchSummary> = checked(response).await?.json().await?;
+            let done = page
+                .data
+                .iter()
+                .find(|batch| batch.id == id)
+                .is_some_and(|batch| batch.materialised_count == batch.run_count);
+            if done {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -178,7 +231,7 @@ pub async fn bench(args: BenchArgs) -> Result<BenchReport, BenchError> {
         body_bytes: Arc::new(AtomicU64::new(0)),
     });
     let started = Instant::now();
-    let results: Vec<Result<(Duration, bool), BenchError>> =
+    let results: Vec<Result<BatchTimes, BenchError>> =
         futures::stream::iter(0..u64::from(args.batches))
             .map(|seed| {
                 let run = run.clone();
@@ -190,11 +243,19 @@ pub async fn bench(args: BenchArgs) -> Result<BenchReport, BenchError> {
     let seconds = started.elapsed().as_secs_f64();
     let mut latencies = Vec::with_capacity(results.len());
     let mut sealed_batches = 0;
+    let mut runs_span: Option<(Instant, Instant)> = None;
     for result in results {
-        let (latency, sealed) = result?;
-        latencies.push(latency);
-        sealed_batches += u32::from(sealed);
+        let times = result?;
+        latencies.push(times.latency);
+        sealed_batches += u32::from(times.sealed);
+        if let Some((first, last)) = times.runs {
+            runs_span = Some(match runs_span {
+                Some((a, b)) => (a.min(first), b.max(last)),
+                None => (first, last),
+            });
+        }
     }
+    let runs_seconds = runs_span.map(|(first, last)| (last - first).as_secs_f64());
     let items = u64::from(args.items) * u64::from(args.batches);
     let body_bytes = run.body_bytes.load(Ordering::Relaxed);
     Ok(BenchReport {
@@ -209,6 +270,8 @@ pub async fn bench(args: BenchArgs) -> Result<BenchReport, BenchError> {
         sealed_batches,
         request_latency: percentiles(&mut latencies),
         server_peak_rss_bytes: args.server_pid.and_then(peak_rss_bytes),
+        runs_per_second: runs_seconds.map(|seconds| items as f64 / seconds),
+        runs_seconds,
     })
 }
 
@@ -233,6 +296,12 @@ fn print_table(report: &BenchReport) {
         "{:<24} p50 {:.2} · p90 {:.2} · p99 {:.2} · max {:.2}",
         "request latency (ms)", latency.p50_ms, latency.p90_ms, latency.p99_ms, latency.max_ms
     );
+    if let (Some(seconds), Some(rate)) = (report.runs_seconds, report.runs_per_second) {
+        println!(
+            "{:<24} {seconds:.3} s after the seal · {rate:.0} runs/s",
+            "runs written"
+        );
+    }
     if let Some(rss) = report.server_peak_rss_bytes {
         println!(
             "{:<24} {:.1} MiB",

@@ -342,6 +342,35 @@ impl ItemQueue for RedisQueue {
             .await?;
         Ok(())
     }
+    async fn items_in_range(
+        &self,
+        batch_id: &str,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<Option<Bytes>>, DependencyError> {
+        let keys = BatchKeys::new(batch_id);
+        let mut read = redis::cmd("HMGET");
+        read.arg(&keys.items);
+        for index in first..=last {
+            read.arg(index);
+        }
+        let bodies: Vec<Option<Vec<u8>>> = read.query_async(&mut self.connection.clone()).await?;
+        Ok(bodies
+            .into_iter()
+            .map(|body| body.map(Bytes::from))
+            .collect())
+    }
+
+    async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {
+        let keys = BatchKeys::new(batch_id);
+        // UNLINK frees a large hash off Redis's main thread.
+        let _: () = redis::cmd("UNLINK")
+            .arg(&keys.items)
+            .arg(&keys.failed)
+            .query_async(&mut self.connection.clone())
+            .await?;
+        Ok(())
+    }
 }
 
 /// The benchmark reference of a per-item enqueue: for each item one dedup command (`SADD` of its
@@ -402,6 +431,18 @@ impl ItemQueue for TwoStepRedisQueue {
 
     async fn ping(&self) -> Result<(), DependencyError> {
         self.0.ping().await
+    }
+    async fn items_in_range(
+        &self,
+        batch_id: &str,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<Option<Bytes>>, DependencyError> {
+        self.0.items_in_range(batch_id, first, last).await
+    }
+
+    async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {
+        self.0.delete_batch(batch_id).await
     }
 }
 

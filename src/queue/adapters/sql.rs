@@ -97,6 +97,17 @@ const ITEM: &str = "SELECT body FROM batch_items WHERE batch_id = $1 AND idx = $
 const ADD_TO_COUNTERS: &str = " ON CONFLICT (batch_id, chunk) DO UPDATE \
      SET taken = batch_item_chunks.taken + excluded.taken, \
      failed = batch_item_chunks.failed + excluded.failed";
+const ITEMS_IN_RANGE: &str = "SELECT idx, body FROM batch_items \
+     WHERE batch_id = $1 AND idx BETWEEN $2 AND $3 ORDER BY idx";
+
+/// The bodies of `first..=last` in index order from the rows a range read returned (ascending).
+fn in_index_order(rows: Vec<(i32, Vec<u8>)>, first: u32, last: u32) -> Vec<Option<Bytes>> {
+    let mut bodies = vec![None; (last - first + 1) as usize];
+    for (index, body) in rows {
+        bodies[(index as u32 - first) as usize] = Some(Bytes::from(body));
+    }
+    bodies
+}
 
 /// Both stores implement the queue the same way but for the insert; the read side is the same SQL
 /// (sqlx's SQLite driver binds `$N` by number).
@@ -181,6 +192,29 @@ macro_rules! impl_sql_item_queue {
             async fn ping(&self) -> Result<(), DependencyError> {
                 crate::store::BatchStore::ping(self).await
             }
+
+            async fn items_in_range(
+                &self,
+                batch_id: &str,
+                first: u32,
+                last: u32,
+            ) -> Result<Vec<Option<Bytes>>, DependencyError> {
+                let rows: Vec<(i32, Vec<u8>)> = sqlx::query_as(ITEMS_IN_RANGE)
+                    .bind(batch_id)
+                    .bind(first as i64)
+                    .bind(last as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(in_index_order(rows, first, last))
+            }
+
+            async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {
+                sqlx::query("DELETE FROM batch_items WHERE batch_id = $1")
+                    .bind(batch_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
         }
     };
 }
@@ -231,21 +265,20 @@ impl PostgresStore {
 const SQLITE_ROWS_PER_INSERT: [usize; 3] = [256, 16, 1];
 
 /// The insert of `rows` items, for each size of [`SQLITE_ROWS_PER_INSERT`].
-static SQLITE_INSERTS: std::sync::LazyLock<Vec<(usize, String)>> =
-    std::sync::LazyLock::new(|| {
-        SQLITE_ROWS_PER_INSERT
-            .iter()
-            .map(|&rows| {
-                // Anonymous `?` parameters: SQLite looks a named one (`$N`) up in a list at every
-                // bind, which makes binding a statement of many parameters quadratic.
-                let sql = format!(
-                    "INSERT INTO batch_items (batch_id, idx, failed, body) VALUES {}",
-                    vec!["(?, ?, ?, ?)"; rows].join(", ")
-                );
-                (rows, sql)
-            })
-            .collect()
-    });
+static SQLITE_INSERTS: std::sync::LazyLock<Vec<(usize, String)>> = std::sync::LazyLock::new(|| {
+    SQLITE_ROWS_PER_INSERT
+        .iter()
+        .map(|&rows| {
+            // Anonymous `?` parameters: SQLite looks a named one (`$N`) up in a list at every
+            // bind, which makes binding a statement of many parameters quadratic.
+            let sql = format!(
+                "INSERT INTO batch_items (batch_id, idx, failed, body) VALUES {}",
+                vec!["(?, ?, ?, ?)"; rows].join(", ")
+            );
+            (rows, sql)
+        })
+        .collect()
+});
 
 /// Which items of a call to store, given the indexes of the call's range already taken: each
 /// index not taken, the first item with it.

@@ -4,6 +4,7 @@
 
 pub mod postgres;
 mod row;
+mod runs;
 mod sql;
 pub mod sqlite;
 

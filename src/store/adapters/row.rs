@@ -3,8 +3,8 @@
 use crate::store::{Batch, BatchStatus};
 
 /// Columns every batch query selects, in this order.
-pub const BATCH_COLUMNS: &str =
-    "id, tenant, run_count, status, sealed, idempotency_key, created_at, sealed_at, completed_at";
+pub const BATCH_COLUMNS: &str = "id, tenant, run_count, status, sealed, idempotency_key, created_at, sealed_at, completed_at, \
+     materialised_count";
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct BatchRow {
@@ -17,6 +17,7 @@ pub struct BatchRow {
     created_at: i64,
     sealed_at: Option<i64>,
     completed_at: Option<i64>,
+    materialised_count: i32,
 }
 
 impl From<BatchRow> for Batch {
@@ -32,6 +33,7 @@ impl From<BatchRow> for Batch {
             created_at: row.created_at,
             sealed_at: row.sealed_at,
             completed_at: row.completed_at,
+            materialised_count: u32::try_from(row.materialised_count).unwrap_or(0),
         }
     }
 }
