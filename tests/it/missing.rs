@@ -185,12 +185,14 @@ async fn concurrent_streams_with_gaps_count_each_index_once(#[case] queue: Queue
 #[tokio::test]
 async fn every_enqueued_index_has_its_bit_in_the_taken_bitmap() {
     let server = TestServer::start(Mode::Production).await;
-    let id = server.new_batch(20).await;
-    let (_, answer) = server.stream(&id, ndjson([0, 3, 9, 10, 3, 17])).await;
+    let id = server.new_batch(240).await;
+    // Single indexes, a duplicate, and a run long enough to be set 64 bits at a time.
+    let indexes = [0, 3, 9, 10, 3, 17].into_iter().chain(100..230);
+    let (_, answer) = server.stream(&id, ndjson(indexes)).await;
     assert_eq!(answer["itemsDeduplicated"], 1, "{answer}");
     assert_eq!(
         answer["missing"],
-        json!([[1, 2], [4, 8], [11, 16], [18, 19]])
+        json!([[1, 2], [4, 8], [11, 16], [18, 99], [230, 239]])
     );
 
     let mut redis = redis().await;
@@ -201,7 +203,12 @@ async fn every_enqueued_index_has_its_bit_in_the_taken_bitmap() {
         .await
         .unwrap();
     // Bit 0 is the most significant bit of byte 0.
-    assert_eq!(bitmap, vec![0b1001_0000, 0b0110_0000, 0b0100_0000]);
+    let mut expected = vec![0b1001_0000, 0b0110_0000, 0b0100_0000];
+    expected.extend([0; 9]); // indexes 24..96
+    expected.push(0b0000_1111); // 100..104
+    expected.extend([0xFF; 15]); // 104..224
+    expected.push(0b1111_1100); // 224..230
+    assert_eq!(bitmap, expected);
     let (bits, stored): (u64, u64) = redis::pipe()
         .cmd("BITCOUNT")
         .arg(&key)
@@ -210,7 +217,7 @@ async fn every_enqueued_index_has_its_bit_in_the_taken_bitmap() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert_eq!((bits, stored), (5, 5));
+    assert_eq!((bits, stored), (135, 135));
 }
 
 /// A batch streamed partly by an earlier version has items without bits: they are marked before

@@ -4,8 +4,8 @@
 //! index → item), `failed` (a hash of the indexes holding a failed item) and `taken` (a bitmap
 //! whose bit i is set once index i is taken). A call sends one `MULTI`/`EXEC` transaction: an
 //! `HSETNX` per item (marks and stores the index in one command, so an index is never marked without
-//! its item), one `BITFIELD` setting every item's bit, and `HLEN`. One round trip, no script: Redis
-//! spends its time storing, not interpreting.
+//! its item), one `BITFIELD` setting every item's bit (an operation per run of consecutive indexes),
+//! and `HLEN`. One round trip, no script: Redis spends its time storing, not interpreting.
 //!
 //! `missing` reads the bitmap in slices with `GETRANGE` and stops at the limit: it never reads the
 //! hash's keys. `progress` is two `HLEN`s.
@@ -29,7 +29,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes of the taken bitmap one `GETRANGE` reads (262 144 indexes): microseconds of Redis time
 /// each, and four round trips for a batch of a million.
 const BITMAP_SLICE_BYTES: usize = 32 * 1024;
-/// Bits one `BITFIELD` sets when marking indexes stored before the bitmap was kept.
+/// Indexes one `BITFIELD` marks when marking indexes stored before the bitmap was kept.
 const BACKFILL_BITS_PER_COMMAND: usize = 8192;
 
 /// A standalone connection (reconnecting) or a Cluster connection.
@@ -89,14 +89,38 @@ impl BatchKeys {
     }
 }
 
-/// A `BITFIELD` that sets the taken bit of each index.
+/// A `BITFIELD` that sets the taken bit of each index, with one `SET` per run of up to 64
+/// consecutive indexes (`i64` -1 is 64 set bits, `u<n>` 2ⁿ-1 is n): the items of a call mostly
+/// come in order, so it is a few operations, not one per item. Every other bit is left as it is.
 fn set_taken_bits(key: &str, indexes: impl IntoIterator<Item = u32>) -> Cmd {
     let mut command = redis::cmd("BITFIELD");
     command.arg(key);
-    for index in indexes {
-        command.arg("SET").arg("u1").arg(index).arg(1);
+    for (first, bits) in bit_runs(indexes) {
+        command.arg("SET");
+        match bits {
+            64 => command.arg("i64").arg(first).arg(-1),
+            _ => command
+                .arg(format!("u{bits}"))
+                .arg(first)
+                .arg((1u64 << bits) - 1),
+        };
     }
     command
+}
+
+/// The indexes as runs of consecutive ones, `(first, length)` with lengths of 1 to 64, ascending.
+fn bit_runs(indexes: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
+    let mut sorted: Vec<u32> = indexes.into_iter().collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for index in sorted {
+        match runs.last_mut() {
+            Some((first, bits)) if *bits < 64 && *first + *bits == index => *bits += 1,
+            _ => runs.push((index, 1)),
+        }
+    }
+    runs
 }
 
 /// Walks one slice of the taken bitmap whose first bit is index `ranges.cursor()`. Bits are
@@ -507,6 +531,54 @@ mod tests {
         ranges
     }
 
+    /// The bitmap a `set_taken_bits` command leaves on `bitmap`, applied as Redis applies it.
+    fn apply_bitfield(bitmap: &mut Vec<u8>, command: &Cmd) {
+        let args: Vec<String> = command
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                _ => unreachable!("set_taken_bits has no cursor"),
+            })
+            .collect();
+        assert_eq!(args[0], "BITFIELD");
+        for op in args[2..].chunks(4) {
+            assert_eq!(op[0], "SET");
+            let (signed, width) = op[1].split_at(1);
+            let width: u32 = width.parse().unwrap();
+            let first: u32 = op[2].parse().unwrap();
+            let value: u64 = match signed {
+                "i" => op[3].parse::<i64>().unwrap() as u64,
+                _ => op[3].parse().unwrap(),
+            };
+            for bit in 0..width {
+                let index = first + bit;
+                let set = value >> (width - 1 - bit) & 1 == 1;
+                let byte = index as usize / 8;
+                if bitmap.len() <= byte {
+                    bitmap.resize(byte + 1, 0);
+                }
+                let mask = 0x80 >> (index % 8);
+                if set {
+                    bitmap[byte] |= mask;
+                } else {
+                    bitmap[byte] &= !mask;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn consecutive_indexes_take_one_operation_per_64() {
+        assert_eq!(bit_runs(1000..1512).len(), 8);
+        assert_eq!(bit_runs([7, 3, 5, 4, 3]), vec![(3, 3), (7, 1)]);
+        assert_eq!(bit_runs(0..130), vec![(0, 64), (64, 64), (128, 2)]);
+        let mut bitmap = Vec::new();
+        apply_bitfield(&mut bitmap, &set_taken_bits("k", 0..130));
+        assert_eq!(bitmap.len(), 17);
+        assert!(bitmap[..16].iter().all(|&byte| byte == 0xFF));
+        assert_eq!(bitmap[16], 0b1100_0000);
+    }
+
     #[test]
     fn bits_are_numbered_from_the_most_significant_bit() {
         assert_eq!(bitmap(&[0, 9]), vec![0b1000_0000, 0b0100_0000]);
@@ -545,6 +617,20 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn setting_bits_sets_exactly_those_bits_and_keeps_the_others(
+            before in proptest::collection::btree_set(0u32..400, 0..200),
+            indexes in proptest::collection::vec(0u32..400, 0..300),
+        ) {
+            let before: Vec<u32> = before.into_iter().collect();
+            let mut bitmap = bitmap(&before);
+            apply_bitfield(&mut bitmap, &set_taken_bits("k", indexes.iter().copied()));
+            let all: Vec<u32> = before.iter().chain(&indexes).copied().collect();
+            let mut expected = self::bitmap(&all);
+            expected.resize(bitmap.len(), 0);
+            proptest::prop_assert_eq!(bitmap, expected);
+        }
+
         #[test]
         fn any_slicing_gives_the_ranges_of_the_whole_bitmap(
             taken in proptest::collection::btree_set(0u32..300, 0..300),
