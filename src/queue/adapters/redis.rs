@@ -391,6 +391,7 @@ impl ItemQueue for RedisQueue {
         let _: () = redis::cmd("UNLINK")
             .arg(&keys.items)
             .arg(&keys.failed)
+            .arg(&keys.taken)
             .query_async(&mut self.connection.clone())
             .await?;
         Ok(())
@@ -466,6 +467,10 @@ impl ItemQueue for TwoStepRedisQueue {
     }
 
     async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {
+        let _: () = redis::cmd("UNLINK")
+            .arg(format!("sluice:{{{batch_id}}}:seen"))
+            .query_async(&mut self.0.connection.clone())
+            .await?;
         self.0.delete_batch(batch_id).await
     }
 }

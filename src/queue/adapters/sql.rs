@@ -209,10 +209,15 @@ macro_rules! impl_sql_item_queue {
             }
 
             async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {
-                sqlx::query("DELETE FROM batch_items WHERE batch_id = $1")
-                    .bind(batch_id)
-                    .execute(&self.pool)
-                    .await?;
+                for delete in [
+                    "DELETE FROM batch_items WHERE batch_id = $1",
+                    "DELETE FROM batch_item_chunks WHERE batch_id = $1",
+                ] {
+                    sqlx::query(delete)
+                        .bind(batch_id)
+                        .execute(&self.pool)
+                        .await?;
+                }
                 Ok(())
             }
         }
