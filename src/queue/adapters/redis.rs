@@ -76,27 +76,37 @@ impl BatchKeys {
     }
 }
 
+mod url;
+
+pub use self::url::Topology;
+
 impl RedisQueue {
-    /// Connects to `url`; a comma-separated list of node URLs selects Redis Cluster.
+    /// Connects to what `url` selects: `redis+cluster://host:port[,host:port…]` is Redis Cluster,
+    /// any other URL one standalone server (see [`Topology::from_url`]).
     pub async fn connect(url: &str) -> Result<Self, DependencyError> {
-        let nodes: Vec<&str> = url
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .collect();
-        let connection = if url.contains(',') {
-            let client = ClusterClientBuilder::new(nodes)
-                .connection_timeout(CONNECTION_TIMEOUT)
-                .response_timeout(RESPONSE_TIMEOUT)
-                .build()?;
-            Connection::Cluster(client.get_async_connection().await?)
-        } else {
-            let client = redis::Client::open(url)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(CONNECTION_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                .set_number_of_retries(1);
-            Connection::Standalone(client.get_connection_manager_with_config(config).await?)
+        let topology = Topology::from_url(url).map_err(|message| {
+            DependencyError::failed(crate::dependency::Dependency::Redis, message)
+        })?;
+        let connection = match topology {
+            // A node that goes away is reconnected in the background, for as long as it takes
+            // (redis-rs sets no limit on attempts); meanwhile each call still ends within
+            // RESPONSE_TIMEOUT, retries and redirections included.
+            Topology::Cluster(seeds) => {
+                let client = ClusterClientBuilder::new(seeds)
+                    .connection_timeout(CONNECTION_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .overall_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .build()?;
+                Connection::Cluster(client.get_async_connection().await?)
+            }
+            Topology::Standalone(server) => {
+                let client = redis::Client::open(server)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1);
+                Connection::Standalone(client.get_connection_manager_with_config(config).await?)
+            }
         };
         Ok(Self { connection })
     }
