@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::support::{
     KEY, Mode, PostgresStop, PrivatePostgres, PrivateRedis, PrivateS3, ServerProcess, TestServer,
-    chunked, into_parts, poll_until,
+    apply, both_modes, chunked, into_parts, poll_until,
 };
 
 /// Items of a batch in the dependency tests; the stream stops its dependency halfway.
@@ -597,9 +597,7 @@ async fn stored_for(mode: Mode, data_dir: &std::path::Path) -> Stored {
     }
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn a_server_killed_mid_stream_loses_nothing_once_the_stream_is_retried(#[case] mode: Mode) {
     let data_dir = tempfile::tempdir().unwrap();

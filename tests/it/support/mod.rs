@@ -18,6 +18,9 @@ mod process;
 mod server;
 mod services;
 
+pub(crate) use self::server::both_modes;
+pub use rstest_reuse::apply;
+
 pub use self::bodies::{channel_body, chunked, endless_body, ndjson};
 pub use self::process::ServerProcess;
 pub use self::server::{KEY, Mode, OTHER_KEY, TestServer, into_parts};

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use reqwest::{Body, StatusCode};
+use rstest_reuse::template;
 use serde_json::{Value, json};
 use sluice::app::{App, serve};
 use sluice::config::Config;
@@ -23,6 +24,15 @@ pub enum Mode {
     /// Postgres, Redis, S3.
     Production,
 }
+
+// The cases of a test that runs in both modes: `#[apply(both_modes)]` on
+// `#[tokio::test] async fn name(#[case] mode: Mode)` makes `name::case_1_embedded` and
+// `name::case_2_production`. (A `//` comment: a doc comment would be copied onto every test.)
+#[template]
+#[rstest::rstest]
+#[case::embedded(crate::support::Mode::Embedded)]
+#[case::production(crate::support::Mode::Production)]
+fn both_modes(#[case] mode: Mode) {}
 
 /// HTTP access to a running server: its base URL and the requests the tests make.
 pub struct Api {
