@@ -196,11 +196,57 @@ impl ItemQueue for RedisQueue {
     }
 
     async fn ping(&self) -> Result<(), DependencyError> {
+        if let Connection::Cluster(connection) = &self.connection {
+            return cluster_serves_every_slot(&mut connection.clone()).await;
+        }
         let _: String = redis::cmd("PING")
             .query_async(&mut self.connection.clone())
             .await?;
         Ok(())
     }
+}
+
+/// A Cluster `PING` goes only to the masters the client holds a connection to, so a master that
+/// died may go unnoticed until the others declare it failed (`cluster-node-timeout`). Healthy
+/// means: as many masters answer as the Cluster says serve slots (`cluster_size`), and the
+/// Cluster says every slot is served (`cluster_state:ok`).
+async fn cluster_serves_every_slot(
+    connection: &mut ClusterConnection,
+) -> Result<(), DependencyError> {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+    // Without a response policy, the reply maps each master reached to its answer.
+    let every_master = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+    let replies = connection
+        .route_command(redis::cmd("PING"), every_master)
+        .await?;
+    let answered = match replies {
+        Value::Map(replies) => replies
+            .iter()
+            .filter(|(_, reply)| !matches!(reply, Value::ServerError(_)))
+            .count(),
+        _ => 0,
+    };
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(connection)
+        .await?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (state, size) = (field("cluster_state"), field("cluster_size"));
+    if state == "ok" && size == answered.to_string() {
+        return Ok(());
+    }
+    Err(DependencyError::unavailable(
+        crate::dependency::Dependency::Redis,
+        format!(
+            "the Redis Cluster is not serving every slot: cluster_state {state}, {answered} of \
+             {size} masters answered"
+        ),
+    ))
 }
 
 /// The benchmark reference of a per-item enqueue: for each item one dedup command (`SADD` of its
