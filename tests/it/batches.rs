@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use rstest::rstest;
 use serde_json::json;
 
-use crate::support::{KEY, Mode, OTHER_KEY, TestServer, apply, both_modes, ndjson};
+use crate::support::{KEY, Mode, OTHER_KEY, TestServer, apply, both_modes, every_mode, ndjson};
 
 #[apply(both_modes)]
 #[tokio::test]
@@ -200,7 +200,7 @@ async fn another_tenants_batch_is_not_found(#[case] mode: Mode) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn batch_reads_report_status_counts_and_times(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -225,7 +225,7 @@ async fn batch_reads_report_status_counts_and_times(#[case] mode: Mode) {
     assert!(batch["sealedAt"].is_string());
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn batch_past_its_seal_timeout_is_aborted(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| config.seal_timeout_ms = 1).await;
@@ -239,7 +239,7 @@ async fn batch_past_its_seal_timeout_is_aborted(#[case] mode: Mode) {
     assert_eq!(batch["enqueuedCount"], 0);
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn health_reports_every_backend(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use sluice::payloads::payload_key;
 
-use crate::support::{Mode, TestServer, apply, both_modes, chunked, endless_body, ndjson};
+use crate::support::{Mode, TestServer, apply, chunked, endless_body, every_mode, ndjson};
 
 fn assert_sealed(body: &Value, accepted: u64) {
     assert_eq!(body["sealed"], true, "{body}");
@@ -16,7 +16,7 @@ fn assert_sealed(body: &Value, accepted: u64) {
     assert!(body.get("missing").is_none(), "{body}");
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn streamed_items_seal_the_batch_and_a_restream_adds_nothing(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -39,7 +39,7 @@ async fn streamed_items_seal_the_batch_and_a_restream_adds_nothing(#[case] mode:
     assert_eq!(batch["enqueuedCount"], 50);
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn a_sealed_batch_answers_without_reading_the_body(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -55,7 +55,7 @@ async fn a_sealed_batch_answers_without_reading_the_body(#[case] mode: Mode) {
     assert_sealed(&body, 0);
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn partial_stream_reports_missing_ranges_until_the_rest_arrives(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -74,7 +74,7 @@ async fn partial_stream_reports_missing_ranges_until_the_rest_arrives(#[case] mo
     assert_eq!(body["itemsDeduplicated"], 6);
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn concurrent_streams_store_each_index_once_and_seal_once(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -104,7 +104,7 @@ async fn concurrent_streams_store_each_index_once_and_seal_once(#[case] mode: Mo
     );
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn items_in_any_order_seal_the_batch(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -120,7 +120,7 @@ async fn items_in_any_order_seal_the_batch(#[case] mode: Mode) {
     );
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn oversized_lines_become_failed_items_at_their_index_or_emit_position(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| config.item_max_bytes = 256).await;
@@ -147,7 +147,7 @@ async fn oversized_lines_become_failed_items_at_their_index_or_emit_position(#[c
     assert_eq!(server.stored_item(&id, 1).await.unwrap()["task"], "t");
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn bad_lines_become_failed_items_and_the_stream_goes_on(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -176,7 +176,7 @@ async fn bad_lines_become_failed_items_and_the_stream_goes_on(#[case] mode: Mode
     assert_eq!(server.stored_item(&id, 4).await.unwrap()["payload"]["n"], 4);
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn out_of_range_indexes_answer_422_and_keep_every_other_item(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -207,7 +207,7 @@ async fn out_of_range_indexes_answer_422_and_keep_every_other_item(#[case] mode:
     );
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn large_payloads_are_offloaded_and_the_item_holds_the_reference(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| config.offload_threshold_bytes = 1024).await;
@@ -259,7 +259,7 @@ fn offloaded_line(index: u32, fill: &str) -> (String, String) {
 /// First wins, for offloaded payloads too: a later line for a taken index cannot replace the
 /// payload the index holds, and its own object is removed; the same payload streamed again keeps
 /// the winner's object.
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn a_later_line_never_replaces_an_offloaded_payload_and_its_object_is_removed(
     #[case] mode: Mode,
@@ -302,7 +302,7 @@ async fn a_later_line_never_replaces_an_offloaded_payload_and_its_object_is_remo
     assert_eq!(server.stored_payload(&first_key).await, Some(winner));
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn concurrent_streams_with_other_payloads_leave_only_each_winners_object(#[case] mode: Mode) {
     const INDEXES: u32 = 30;
@@ -361,7 +361,7 @@ async fn concurrent_streams_with_other_payloads_leave_only_each_winners_object(#
 
 /// The framer lends a line lying in one read without copying it and joins a line cut between two
 /// reads; an offloaded payload is a slice of either, and must reach the store intact.
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn offloaded_payloads_are_intact_whether_their_line_was_cut_between_reads_or_not(
     #[case] mode: Mode,
@@ -398,7 +398,7 @@ async fn offloaded_payloads_are_intact_whether_their_line_was_cut_between_reads_
 }
 
 /// A hostile line cannot make a large answer: what it sent is quoted cut to 200 bytes.
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn rejections_quote_at_most_200_bytes_of_what_the_client_sent(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -429,7 +429,7 @@ async fn rejections_quote_at_most_200_bytes_of_what_the_client_sent(#[case] mode
     }
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn wrong_content_type_or_encoding_is_415(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -486,7 +486,7 @@ async fn wrong_content_type_or_encoding_is_415(#[case] mode: Mode) {
     assert_sealed(&body, 1);
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn awkward_chunk_boundaries_frame_the_same_items(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -510,7 +510,7 @@ async fn awkward_chunk_boundaries_frame_the_same_items(#[case] mode: Mode) {
     assert_eq!(server.stored_item(&id, 1).await.unwrap()["payload"], "😀😀");
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn gzip_and_zstd_bodies_are_decoded_in_the_stream(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -546,7 +546,7 @@ async fn gzip_and_zstd_bodies_are_decoded_in_the_stream(#[case] mode: Mode) {
     assert_sealed(&body, 200);
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn corrupt_gzip_is_400_and_keeps_what_was_read(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -567,7 +567,7 @@ async fn corrupt_gzip_is_400_and_keeps_what_was_read(#[case] mode: Mode) {
     assert!(batch["enqueuedCount"].as_u64().unwrap() > 0, "{batch}");
 }
 
-#[apply(both_modes)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn with_concurrency_one_the_first_line_of_an_index_wins(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| config.ingest_concurrency = 1).await;

@@ -23,6 +23,19 @@ pub enum Mode {
     Embedded,
     /// Postgres, Redis, S3.
     Production,
+    /// Postgres, a Redis Cluster of three masters (reached through one seed node), S3.
+    ProductionCluster,
+}
+
+impl Mode {
+    /// Where the `REDIS_URL` of this mode comes from (`scripts/test` sets them).
+    pub fn redis_url_env(self) -> Option<&'static str> {
+        match self {
+            Self::Embedded => None,
+            Self::Production => Some("SLUICE_TEST_REDIS_URL"),
+            Self::ProductionCluster => Some("SLUICE_TEST_REDIS_CLUSTER_URL"),
+        }
+    }
 }
 
 // The cases of a test that runs in both modes: `#[apply(both_modes)]` on
@@ -33,6 +46,16 @@ pub enum Mode {
 #[case::embedded(crate::support::Mode::Embedded)]
 #[case::production(crate::support::Mode::Production)]
 fn both_modes(#[case] mode: Mode) {}
+
+// Both modes, and production on a Redis Cluster too: for the tests of ingest, sealing and
+// missing ranges, whose Redis calls a Cluster routes by the batch's hash slot.
+// `name::case_3_production_cluster` is the third case.
+#[template]
+#[rstest::rstest]
+#[case::embedded(crate::support::Mode::Embedded)]
+#[case::production(crate::support::Mode::Production)]
+#[case::production_cluster(crate::support::Mode::ProductionCluster)]
+fn every_mode(#[case] mode: Mode) {}
 
 /// HTTP access to a running server: its base URL and the requests the tests make.
 pub struct Api {
@@ -73,10 +96,10 @@ impl TestServer {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::embedded(data_dir.path().to_path_buf());
         config.api_keys = Some(format!("acme:{KEY},globex:{OTHER_KEY}"));
-        if mode == Mode::Production {
+        if let Some(redis_url_env) = mode.redis_url_env() {
             config.database_url = Some(required_env("SLUICE_TEST_DATABASE_URL"));
             config.database_max_connections = 4;
-            config.redis_url = Some(required_env("SLUICE_TEST_REDIS_URL"));
+            config.redis_url = Some(required_env(redis_url_env));
             config.s3_bucket = Some(required_env("SLUICE_TEST_S3_BUCKET"));
             config.s3_endpoint = Some(required_env("SLUICE_TEST_S3_ENDPOINT"));
             config.s3_force_path_style = true;
@@ -87,7 +110,7 @@ impl TestServer {
                 "{mode:?} server could not start (is every service of `scripts/test` up?): {error}"
             )
         });
-        if mode == Mode::Production {
+        if mode != Mode::Embedded {
             app.payloads
                 .ping()
                 .await

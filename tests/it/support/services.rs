@@ -183,6 +183,222 @@ async fn redis_answers(url: &str) -> bool {
         .is_ok()
 }
 
+/// A Redis Cluster of this test's own: masters on ports of their own, no replicas, each
+/// persisting every write (AOF, fsync always). A master killed and started again on its port, data
+/// and `nodes.conf` rejoins owning its slots and what it acknowledged.
+pub struct PrivateCluster {
+    masters: Vec<ClusterMaster>,
+    node_timeout: Duration,
+}
+
+struct ClusterMaster {
+    port: u16,
+    /// The cluster bus port, chosen too: the default (port + 10000) may be taken or out of range.
+    bus_port: u16,
+    process: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateCluster {
+    /// Starts `count` masters with the 16384 slots split evenly between them. `node_timeout` is
+    /// how long a master may be unreachable before the others mark it failed and the Cluster, with
+    /// no replica to promote, stops serving; a restarted master is taken back two node timeouts
+    /// after it was marked failed.
+    pub async fn start(count: usize, node_timeout: Duration) -> Self {
+        // Held open together, so all the ports differ.
+        let listeners: Vec<std::net::TcpListener> = (0..2 * count)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|listener| listener.local_addr().unwrap().port())
+            .collect();
+        drop(listeners);
+        let mut cluster = Self {
+            masters: ports
+                .chunks(2)
+                .map(|pair| ClusterMaster {
+                    port: pair[0],
+                    bus_port: pair[1],
+                    process: None,
+                    dir: tempfile::tempdir().expect("temp dir"),
+                })
+                .collect(),
+            node_timeout,
+        };
+        for index in 0..count {
+            cluster.start_master(index).await;
+        }
+        // What `redis-cli --cluster create` does: slots, a distinct config epoch each, then meet.
+        let per_master = 16_384 / count;
+        for (index, master) in cluster.masters.iter().enumerate() {
+            let first = index * per_master;
+            let last = if index + 1 == count {
+                16_383
+            } else {
+                first + per_master - 1
+            };
+            let _: () = node_query(
+                master.port,
+                redis::cmd("CLUSTER")
+                    .arg("ADDSLOTSRANGE")
+                    .arg(first)
+                    .arg(last),
+            )
+            .await
+            .expect("CLUSTER ADDSLOTSRANGE");
+            let _: () = node_query(
+                master.port,
+                redis::cmd("CLUSTER").arg("SET-CONFIG-EPOCH").arg(index + 1),
+            )
+            .await
+            .expect("CLUSTER SET-CONFIG-EPOCH");
+        }
+        let first = cluster.masters[0].port;
+        for master in &cluster.masters[1..] {
+            let _: () = node_query(
+                first,
+                redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(master.port)
+                    .arg(master.bus_port),
+            )
+            .await
+            .expect("CLUSTER MEET");
+        }
+        cluster.wait_until_ok().await;
+        cluster
+    }
+
+    /// The server's `REDIS_URL`: one seed node; the client finds the other masters through it.
+    pub fn url(&self) -> String {
+        format!("redis+cluster://127.0.0.1:{}", self.masters[0].port)
+    }
+
+    /// The master (its index) serving the hash slot of `key`.
+    pub async fn master_of(&self, key: &str) -> usize {
+        let slot: u16 = node_query(
+            self.masters[0].port,
+            redis::cmd("CLUSTER").arg("KEYSLOT").arg(key),
+        )
+        .await
+        .expect("CLUSTER KEYSLOT");
+        for (index, master) in self.masters.iter().enumerate() {
+            let nodes: String = node_query(master.port, redis::cmd("CLUSTER").arg("NODES"))
+                .await
+                .expect("CLUSTER NODES");
+            // `id address flags master ping pong epoch link slot-range…`, on the node's own line.
+            let own = nodes
+                .lines()
+                .find(|line| line.contains("myself"))
+                .expect("own line");
+            let serves = own.split_whitespace().skip(8).any(|range| {
+                let (first, last) = range.split_once('-').unwrap_or((range, range));
+                (first.parse().unwrap()..=last.parse().unwrap()).contains(&slot)
+            });
+            if serves {
+                return index;
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    /// `cluster_state` (`ok` or `fail`) as a running master sees it.
+    pub async fn state_seen_by(&self, index: usize) -> String {
+        let info: String = node_query(self.masters[index].port, redis::cmd("CLUSTER").arg("INFO"))
+            .await
+            .expect("CLUSTER INFO");
+        let state = info
+            .lines()
+            .find_map(|line| line.strip_prefix("cluster_state:"));
+        state.expect("cluster_state").to_owned()
+    }
+
+    /// Kills a master as a crash would.
+    pub async fn kill(&mut self, index: usize) {
+        stop_child(&mut self.masters[index].process, "KILL").await;
+    }
+
+    /// Starts a master again on its port, data and `nodes.conf`, and waits until every master
+    /// reports the Cluster healthy.
+    pub async fn restart(&mut self, index: usize) {
+        self.start_master(index).await;
+        self.wait_until_ok().await;
+    }
+
+    async fn start_master(&mut self, index: usize) {
+        let master = &mut self.masters[index];
+        let log = master.dir.path().join("redis.log");
+        let (stdout, stderr) = log_file(&log);
+        let mut child = Command::new(required_env("SLUICE_TEST_REDIS_SERVER"))
+            .args(["--port", &master.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-port", &master.bus_port.to_string()])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
+            .args([
+                "--cluster-node-timeout",
+                &self.node_timeout.as_millis().to_string(),
+            ])
+            .arg("--dir")
+            .arg(master.dir.path())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdout(stdout)
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-server");
+        let url = format!("redis://127.0.0.1:{}", master.port);
+        wait_ready("private Redis Cluster master", &mut child, &log, || {
+            redis_answers(&url)
+        })
+        .await;
+        master.process = Some(child);
+    }
+
+    async fn wait_until_ok(&self) {
+        let known = format!("cluster_known_nodes:{}", self.masters.len());
+        poll_until(
+            "every master reports cluster_state:ok",
+            START_LIMIT,
+            || async {
+                for master in &self.masters {
+                    let info: redis::RedisResult<String> =
+                        node_query(master.port, redis::cmd("CLUSTER").arg("INFO")).await;
+                    let Ok(info) = info else { return false };
+                    let ok = info.lines().any(|line| line == "cluster_state:ok");
+                    if !ok || !info.lines().any(|line| line == known) {
+                        return false;
+                    }
+                }
+                true
+            },
+        )
+        .await;
+    }
+}
+
+/// One command to one node, as a plain (not Cluster) client.
+async fn node_query<T: redis::FromRedisValue>(
+    port: u16,
+    command: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    command.query_async(&mut connection).await
+}
+
 /// An s3s-fs S3 server of this test's own, with one bucket, `PrivateS3::BUCKET`.
 pub struct PrivateS3 {
     port: u16,
