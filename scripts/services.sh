@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Shared by scripts/test and scripts/bench: brings up Postgres, Redis and an s3s-fs S3 server,
-# idempotently. Source it; it defines functions and sets nothing running by itself.
+# Shared by scripts/test and scripts/bench: brings up Postgres, Redis, a Redis Cluster and an
+# s3s-fs S3 server, idempotently. Source it; it defines functions and sets nothing running by
+# itself.
 
-PG_HOST=127.0.0.1 PG_PORT=5432 PG_USER=postgres PG_DB=test
+# SLUICE_TEST_DB names another database, for a work tree whose migrations differ from those of
+# other work trees testing on the same machine.
+PG_HOST=127.0.0.1 PG_PORT=5432 PG_USER=postgres PG_DB=${SLUICE_TEST_DB:-test}
 REDIS_PORT=6379
+# A Cluster of three masters (no replicas); each also uses its port + 10000 for the cluster bus.
+REDIS_CLUSTER_PORTS=(7101 7102 7103)
+REDIS_CLUSTER_DIR=/var/lib/sluice-redis-cluster
 S3S_VERSION=0.14.1
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -56,6 +62,55 @@ ensure_redis() {
   redis-cli -p "$REDIS_PORT" ping | grep -q PONG || { log "Redis did not start"; exit 1; }
 }
 
+# True when every node of the test Cluster answers, knows all the others and serves every slot.
+redis_cluster_ok() {
+  local port info
+  for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+    info=$(redis-cli -h 127.0.0.1 -p "$port" cluster info 2>/dev/null | tr -d '\r') || return 1
+    grep -qx 'cluster_state:ok' <<<"$info" || return 1
+    grep -qx "cluster_known_nodes:${#REDIS_CLUSTER_PORTS[@]}" <<<"$info" || return 1
+  done
+}
+
+# Starts the test Cluster on REDIS_CLUSTER_PORTS, or reuses it when it is up and healthy. Its nodes
+# keep nothing on disk but their cluster configuration; a Cluster found broken is made again from
+# scratch. A lock keeps two test runs from building it at once.
+ensure_redis_cluster() {
+  command -v redis-server >/dev/null || apt_install redis-server
+  mkdir -p "$REDIS_CLUSTER_DIR"
+  (
+    flock 9
+    redis_cluster_ok && exit 0
+    log "starting a Redis Cluster of ${#REDIS_CLUSTER_PORTS[@]} masters on ports ${REDIS_CLUSTER_PORTS[*]}"
+    local port nodes=()
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+      if redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG; then
+        redis-cli -h 127.0.0.1 -p "$port" info cluster | grep -q '^cluster_enabled:1' ||
+          { log "port $port is taken by a Redis that is not a cluster node"; exit 1; }
+        redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || true
+        for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1 || break; sleep 0.1; done
+      fi
+      rm -rf "${REDIS_CLUSTER_DIR:?}/$port"
+      mkdir -p "$REDIS_CLUSTER_DIR/$port"
+      redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+        --cluster-config-file "nodes-$port.conf" --save "" --appendonly no --daemonize yes \
+        --dir "$REDIS_CLUSTER_DIR/$port" --logfile "$REDIS_CLUSTER_DIR/$port/redis.log" \
+        9>&-  # the daemon must not hold the lock
+      nodes+=("127.0.0.1:$port")
+    done
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+      for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes \
+      >"$REDIS_CLUSTER_DIR/create.log" 2>&1 ||
+      { log "redis-cli --cluster create failed"; cat "$REDIS_CLUSTER_DIR/create.log" >&2; exit 1; }
+    for _ in $(seq 1 100); do redis_cluster_ok && exit 0; sleep 0.2; done
+    log "the Redis Cluster did not reach cluster_state:ok"
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do tail -n 20 "$REDIS_CLUSTER_DIR/$port/redis.log" >&2; done
+    exit 1
+  ) 9>"$REDIS_CLUSTER_DIR/lock"
+}
+
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -80,8 +135,9 @@ start_s3() {
 }
 
 
-# The fault tests (tests/it/outage.rs) start, stop and restart their own Redis, Postgres and
-# s3s-fs on other ports, never the shared ones above. This exports where those programs are.
+# The fault tests (tests/it/outage.rs, tests/it/cluster.rs) start, stop and restart their own
+# Redis, Redis Cluster, Postgres and s3s-fs on other ports, never the shared ones above. This
+# exports where those programs are.
 export_private_service_programs() {
   command -v redis-server >/dev/null || apt_install redis-server
   local pg_bin; pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::payloads::adapters::S3Settings;
+use crate::queue::adapters::redis::Topology;
 use crate::runs::materialise::MaterialiseSettings;
 
 /// How log lines are written.
@@ -51,7 +52,8 @@ pub struct Config {
           default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub database_max_connections: u32,
 
-    /// `redis://…` (or comma-separated Cluster nodes) for dedup + queue; unset, the SQL store.
+    /// `redis://…` (one server) or `redis+cluster://host:port[,host:port…]` (Redis Cluster) for
+    /// dedup + queue; unset, the SQL store.
     #[arg(long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -277,6 +279,9 @@ impl Config {
         if self.bench_two_step_enqueue && self.redis_url.is_none() {
             return Err("SLUICE_BENCH_TWO_STEP_ENQUEUE needs REDIS_URL".into());
         }
+        if let Some(url) = &self.redis_url {
+            Topology::from_url(url)?;
+        }
         Ok(())
     }
 
@@ -368,6 +373,19 @@ mod tests {
                 .contains("SLUICE_MAX_ITEMS_IN_FLIGHT")
         );
         config.max_items_in_flight = 50;
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn a_comma_in_a_plain_redis_url_stops_the_start() {
+        let mut config = Config::embedded("d".into());
+        config.redis_url = Some("redis://a:7101,redis://b:7102".into());
+        let error = config.validate().unwrap_err();
+        assert!(
+            error.contains("REDIS_URL") && error.contains("redis+cluster://"),
+            "{error}"
+        );
+        config.redis_url = Some("redis+cluster://a:7101,b:7102".into());
         assert!(config.validate().is_ok());
     }
 

@@ -4,11 +4,9 @@ use reqwest::StatusCode;
 use rstest::rstest;
 use serde_json::json;
 
-use crate::support::{KEY, Mode, OTHER_KEY, TestServer, ndjson};
+use crate::support::{KEY, Mode, OTHER_KEY, TestServer, apply, both_modes, every_mode, ndjson};
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn create_returns_an_unguessable_id_and_run_count(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -28,9 +26,7 @@ async fn create_returns_an_unguessable_id_and_run_count(#[case] mode: Mode) {
     assert_ne!(other["id"], body["id"]);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn same_idempotency_key_returns_the_original_batch(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -49,9 +45,7 @@ async fn same_idempotency_key_returns_the_original_batch(#[case] mode: Mode) {
     assert_ne!(other["id"], first["id"]);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn concurrent_duplicate_creates_make_one_batch(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -69,9 +63,7 @@ async fn concurrent_duplicate_creates_make_one_batch(#[case] mode: Mode) {
     assert_eq!(new, 1);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn invalid_create_requests_get_clear_errors(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| config.max_items = 100).await;
@@ -137,9 +129,7 @@ async fn invalid_create_requests_get_clear_errors(#[case] mode: Mode) {
     assert_eq!(error["error"]["code"], "BODY_TOO_LARGE");
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn requests_without_a_valid_key_get_401(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -185,9 +175,7 @@ async fn the_server_keeps_only_the_digests_of_its_api_keys() {
     assert_eq!(app.keys.tenant_for("plaintext-key"), Some("acme"));
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn another_tenants_batch_is_not_found(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -212,9 +200,7 @@ async fn another_tenants_batch_is_not_found(#[case] mode: Mode) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn batch_reads_report_status_counts_and_times(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -242,9 +228,7 @@ async fn batch_reads_report_status_counts_and_times(#[case] mode: Mode) {
     assert!(batch["sealedAt"].is_string());
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn batch_past_its_seal_timeout_is_aborted(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| config.seal_timeout_ms = 1).await;
@@ -258,9 +242,7 @@ async fn batch_past_its_seal_timeout_is_aborted(#[case] mode: Mode) {
     assert_eq!(batch["enqueuedCount"], 0);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn health_reports_every_backend(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -302,9 +284,7 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape(#[case] mode: Mode
     assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED");
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn text_postgres_cannot_hold_gets_clear_errors_not_500(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;

@@ -4,12 +4,11 @@ use std::io::Write;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use rstest::rstest;
 use serde_json::{Value, json};
 
 use sluice::payloads::payload_key;
 
-use crate::support::{Mode, TestServer, chunked, endless_body, ndjson};
+use crate::support::{Mode, TestServer, apply, chunked, endless_body, every_mode, ndjson};
 
 fn assert_sealed(body: &Value, accepted: u64) {
     assert_eq!(body["sealed"], true, "{body}");
@@ -17,9 +16,7 @@ fn assert_sealed(body: &Value, accepted: u64) {
     assert!(body.get("missing").is_none(), "{body}");
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn streamed_items_seal_the_batch_and_a_restream_adds_nothing(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -42,9 +39,7 @@ async fn streamed_items_seal_the_batch_and_a_restream_adds_nothing(#[case] mode:
     assert_eq!(batch["enqueuedCount"], 50);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn a_sealed_batch_answers_without_reading_the_body(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -60,9 +55,7 @@ async fn a_sealed_batch_answers_without_reading_the_body(#[case] mode: Mode) {
     assert_sealed(&body, 0);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn partial_stream_reports_missing_ranges_until_the_rest_arrives(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -81,9 +74,7 @@ async fn partial_stream_reports_missing_ranges_until_the_rest_arrives(#[case] mo
     assert_eq!(body["itemsDeduplicated"], 6);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn concurrent_streams_store_each_index_once_and_seal_once(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -113,9 +104,7 @@ async fn concurrent_streams_store_each_index_once_and_seal_once(#[case] mode: Mo
     );
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn items_in_any_order_seal_the_batch(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -131,9 +120,7 @@ async fn items_in_any_order_seal_the_batch(#[case] mode: Mode) {
     );
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn oversized_lines_become_failed_items_at_their_index_or_emit_position(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| config.item_max_bytes = 256).await;
@@ -160,9 +147,7 @@ async fn oversized_lines_become_failed_items_at_their_index_or_emit_position(#[c
     assert_eq!(server.stored_item(&id, 1).await.unwrap()["task"], "t");
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn bad_lines_become_failed_items_and_the_stream_goes_on(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -191,9 +176,7 @@ async fn bad_lines_become_failed_items_and_the_stream_goes_on(#[case] mode: Mode
     assert_eq!(server.stored_item(&id, 4).await.unwrap()["payload"]["n"], 4);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn out_of_range_indexes_answer_422_and_keep_every_other_item(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -224,9 +207,7 @@ async fn out_of_range_indexes_answer_422_and_keep_every_other_item(#[case] mode:
     );
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn large_payloads_are_offloaded_and_the_item_holds_the_reference(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| config.offload_threshold_bytes = 1024).await;
@@ -278,9 +259,7 @@ fn offloaded_line(index: u32, fill: &str) -> (String, String) {
 /// First wins, for offloaded payloads too: a later line for a taken index cannot replace the
 /// payload the index holds, and its own object is removed; the same payload streamed again keeps
 /// the winner's object.
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn a_later_line_never_replaces_an_offloaded_payload_and_its_object_is_removed(
     #[case] mode: Mode,
@@ -323,9 +302,7 @@ async fn a_later_line_never_replaces_an_offloaded_payload_and_its_object_is_remo
     assert_eq!(server.stored_payload(&first_key).await, Some(winner));
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn concurrent_streams_with_other_payloads_leave_only_each_winners_object(#[case] mode: Mode) {
     const INDEXES: u32 = 30;
@@ -384,9 +361,7 @@ async fn concurrent_streams_with_other_payloads_leave_only_each_winners_object(#
 
 /// The framer lends a line lying in one read without copying it and joins a line cut between two
 /// reads; an offloaded payload is a slice of either, and must reach the store intact.
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn offloaded_payloads_are_intact_whether_their_line_was_cut_between_reads_or_not(
     #[case] mode: Mode,
@@ -423,9 +398,7 @@ async fn offloaded_payloads_are_intact_whether_their_line_was_cut_between_reads_
 }
 
 /// A hostile line cannot make a large answer: what it sent is quoted cut to 200 bytes.
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn rejections_quote_at_most_200_bytes_of_what_the_client_sent(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -456,9 +429,7 @@ async fn rejections_quote_at_most_200_bytes_of_what_the_client_sent(#[case] mode
     }
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn wrong_content_type_or_encoding_is_415(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -515,9 +486,7 @@ async fn wrong_content_type_or_encoding_is_415(#[case] mode: Mode) {
     assert_sealed(&body, 1);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn awkward_chunk_boundaries_frame_the_same_items(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -541,9 +510,7 @@ async fn awkward_chunk_boundaries_frame_the_same_items(#[case] mode: Mode) {
     assert_eq!(server.stored_item(&id, 1).await.unwrap()["payload"], "😀😀");
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn gzip_and_zstd_bodies_are_decoded_in_the_stream(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -579,9 +546,7 @@ async fn gzip_and_zstd_bodies_are_decoded_in_the_stream(#[case] mode: Mode) {
     assert_sealed(&body, 200);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn corrupt_gzip_is_400_and_keeps_what_was_read(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -602,9 +567,7 @@ async fn corrupt_gzip_is_400_and_keeps_what_was_read(#[case] mode: Mode) {
     assert!(batch["enqueuedCount"].as_u64().unwrap() > 0, "{batch}");
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(every_mode)]
 #[tokio::test]
 async fn with_concurrency_one_the_first_line_of_an_index_wins(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| config.ingest_concurrency = 1).await;

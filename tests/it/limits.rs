@@ -8,7 +8,9 @@ use reqwest::StatusCode;
 use rstest::rstest;
 use serde_json::{Value, json};
 
-use crate::support::{Mode, OTHER_KEY, TestServer, channel_body, endless_body, into_parts, ndjson};
+use crate::support::{
+    Mode, OTHER_KEY, TestServer, apply, both_modes, channel_body, endless_body, into_parts, ndjson,
+};
 
 /// Every index in `indexes` is stored exactly as streamed.
 async fn assert_stored(server: &TestServer, id: &str, indexes: std::ops::Range<u32>) {
@@ -121,9 +123,7 @@ async fn a_tenant_over_its_create_rate_gets_429_and_others_do_not() {
     );
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn a_body_over_the_wire_cap_is_413_and_keeps_what_came_before(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| {
@@ -157,9 +157,7 @@ async fn a_body_over_the_wire_cap_is_413_and_keeps_what_came_before(#[case] mode
     assert_eq!(error_code(&response), "BODY_TOO_LARGE");
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn a_gzip_bomb_is_413_within_seconds_and_keeps_the_items_before_it(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| {
@@ -208,9 +206,7 @@ async fn a_gzip_bomb_is_413_within_seconds_and_keeps_the_items_before_it(#[case]
     assert_stored(&server, &id, 0..50).await;
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn a_client_that_stops_sending_is_cut_off_and_its_items_are_kept(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| {

@@ -1,7 +1,8 @@
 //! Integration tests: the real server on 127.0.0.1:0, a real HTTP client, and every case against
-//! both modes (embedded; Postgres + Redis + S3).
+//! both modes (embedded; Postgres + Redis + S3), the ingest cases also on a Redis Cluster.
 
 mod batches;
+mod cluster;
 mod ingest;
 mod limits;
 mod linger;

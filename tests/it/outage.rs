@@ -8,6 +8,7 @@
 //!
 //! Each test stops only services it started itself, on their own ports (`support::Private*`),
 //! never the shared ones other tests use. Timings are printed (`-- --nocapture` shows them).
+//! `cluster.rs` drives a Redis Cluster master's outage through the same steps ([`Outage`]).
 
 use std::cell::Cell;
 use std::io;
@@ -31,7 +32,7 @@ use tokio::task::JoinHandle;
 
 use crate::support::{
     KEY, Mode, PostgresStop, PrivatePostgres, PrivateRedis, PrivateS3, ServerProcess, TestServer,
-    accepted_item, chunked, into_parts, poll_until,
+    accepted_item, apply, both_modes, chunked, into_parts, poll_until,
 };
 
 /// Items of a batch in the dependency tests; the stream stops its dependency halfway.
@@ -171,6 +172,17 @@ impl Stored {
 // A dependency stopped mid-stream
 // ---------------------------------------------------------------------------------------------
 
+/// A dependency a test takes down in the middle of a stream, and brings back.
+pub(crate) trait Outage {
+    /// Takes the dependency down while `batch_id` is being streamed into.
+    async fn stop(&mut self, batch_id: &str);
+
+    async fn restart(&mut self);
+
+    /// What was stopped and how, for messages.
+    fn name(&self) -> String;
+}
+
 /// The private service a test stops and starts again.
 enum Service {
     Redis(PrivateRedis),
@@ -180,8 +192,8 @@ enum Service {
     S3(PrivateS3),
 }
 
-impl Service {
-    async fn stop(&mut self) {
+impl Outage for Service {
+    async fn stop(&mut self, _batch_id: &str) {
         match self {
             Self::Redis(redis) => redis.kill().await,
             Self::FrozenRedis(redis) => redis.freeze(),
@@ -211,7 +223,7 @@ impl Service {
 
 /// When the stream that meets the outage can notice it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Noticed {
+pub(crate) enum Noticed {
     /// While the body is still arriving: the answer must come with the body left open.
     MidStream,
     /// Only once the body has ended (the dependency is needed to seal, not to store items).
@@ -220,22 +232,22 @@ enum Noticed {
 
 /// What requests made while the dependency is down answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DuringOutage {
+pub(crate) struct DuringOutage {
     /// Phase 1: create a batch.
-    create: StatusCode,
+    pub create: StatusCode,
     /// `GET /api/v3/batches/{id}`.
-    read: StatusCode,
-    health: StatusCode,
+    pub read: StatusCode,
+    pub health: StatusCode,
     /// Phase 2: the whole body streamed again.
-    stream: StatusCode,
+    pub stream: StatusCode,
 }
 
 /// Streams half a batch, stops `service`, streams the rest, and checks the answer is a timely
 /// 503; checks what other requests get during the outage; restarts the service and re-streams
 /// the whole body, which must seal the batch with every index once.
-async fn stop_mid_stream_then_restream(
+pub(crate) async fn stop_mid_stream_then_restream(
     server: &TestServer,
-    service: &mut Service,
+    service: &mut impl Outage,
     noticed: Noticed,
     expected: DuringOutage,
 ) {
@@ -252,7 +264,7 @@ async fn stop_mid_stream_then_restream(
     })
     .await;
 
-    service.stop().await;
+    service.stop(&id).await;
     let stopped = Instant::now();
     let end_body = noticed == Noticed::AtSeal;
     let answer = stream
@@ -319,7 +331,7 @@ async fn enqueued(server: &TestServer, id: &str) -> u64 {
     batch["enqueuedCount"].as_u64().unwrap()
 }
 
-async fn health(server: &TestServer) -> StatusCode {
+pub(crate) async fn health(server: &TestServer) -> StatusCode {
     let response = server.client.get(server.url("/healthz")).send().await;
     response.map_or(StatusCode::BAD_GATEWAY, |response| response.status())
 }
@@ -366,8 +378,8 @@ async fn requests_during_outage(server: &TestServer, id: &str) -> (DuringOutage,
 }
 
 const OK: StatusCode = StatusCode::OK;
-const ACCEPTED: StatusCode = StatusCode::ACCEPTED;
-const UNAVAILABLE: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+pub(crate) const ACCEPTED: StatusCode = StatusCode::ACCEPTED;
+pub(crate) const UNAVAILABLE: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
 
 #[tokio::test]
 async fn redis_down_mid_stream_answers_503_and_a_restream_seals_the_batch() {
@@ -545,11 +557,11 @@ fn server_env(mode: Mode, data_dir: &std::path::Path) -> Vec<(&'static str, Stri
             OFFLOAD_THRESHOLD.to_string(),
         ),
     ];
-    if mode == Mode::Production {
+    if let Some(redis_url_env) = mode.redis_url_env() {
         env.extend([
             ("DATABASE_URL", test_env("SLUICE_TEST_DATABASE_URL")),
             ("DATABASE_MAX_CONNECTIONS", "4".into()),
-            ("REDIS_URL", test_env("SLUICE_TEST_REDIS_URL")),
+            ("REDIS_URL", test_env(redis_url_env)),
             ("S3_BUCKET", test_env("SLUICE_TEST_S3_BUCKET")),
             ("S3_ENDPOINT", test_env("SLUICE_TEST_S3_ENDPOINT")),
             ("S3_FORCE_PATH_STYLE", "true".into()),
@@ -581,9 +593,9 @@ async fn stored_for(mode: Mode, data_dir: &std::path::Path) -> Stored {
                 runs: store,
             }
         }
-        Mode::Production => Stored {
+        Mode::Production | Mode::ProductionCluster => Stored {
             queue: Arc::new(
-                RedisQueue::connect(&test_env("SLUICE_TEST_REDIS_URL"))
+                RedisQueue::connect(&test_env(mode.redis_url_env().expect("a production mode")))
                     .await
                     .unwrap(),
             ),
@@ -605,9 +617,7 @@ async fn stored_for(mode: Mode, data_dir: &std::path::Path) -> Stored {
     }
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn a_server_killed_mid_stream_loses_nothing_once_the_stream_is_retried(#[case] mode: Mode) {
     let data_dir = tempfile::tempdir().unwrap();

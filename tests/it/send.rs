@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use self::proxy::{Fault, Proxy};
-use crate::support::{KEY, Mode, TestServer};
+use crate::support::{KEY, Mode, TestServer, apply, both_modes};
 
 /// A task name no other test (or earlier run against the same Postgres) uses, so that the
 /// content-derived idempotency key never finds another test's batch.
@@ -90,9 +90,7 @@ async fn assert_payload_item(server: &TestServer, id: &str, task: &str, index: u
     );
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_lands_100k_lines_sealed_with_every_index_once(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -113,9 +111,7 @@ async fn send_lands_100k_lines_sealed_with_every_index_once(#[case] mode: Mode) 
     assert_eq!(server.stored_item(&report.batch_id, 100_000).await, None);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_retries_a_cut_connection_and_resends_only_what_is_missing(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -149,9 +145,7 @@ async fn send_retries_a_cut_connection_and_resends_only_what_is_missing(#[case] 
     assert_batch_sealed_with(&server, &report.batch_id, 30_000).await;
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn a_second_send_of_the_same_file_is_a_no_op(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -177,9 +171,7 @@ async fn a_second_send_of_the_same_file_is_a_no_op(#[case] mode: Mode) {
     assert_ne!(other.batch_id, first.batch_id);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_send_resumes_where_it_stopped(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -221,9 +213,7 @@ async fn an_interrupted_send_resumes_where_it_stopped(#[case] mode: Mode) {
     assert_batch_sealed_with(&server, batch_id, 20_000).await;
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn send_raw_sends_items_unchanged(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;
@@ -291,9 +281,7 @@ async fn send_raw_reports_lines_the_server_rejects_or_cannot_seal(#[case] mode: 
     );
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_gzip_compresses_the_body_and_lands_every_item(#[case] mode: Mode) {
     let server = TestServer::start(mode).await;

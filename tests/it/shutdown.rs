@@ -4,13 +4,10 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use rstest::rstest;
 
-use crate::support::{Mode, TestServer, channel_body, into_parts, ndjson};
+use crate::support::{Mode, TestServer, apply, both_modes, channel_body, into_parts, ndjson};
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn a_stream_that_ends_within_the_grace_period_is_answered_normally(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| config.shutdown_grace_ms = 10_000).await;
@@ -41,9 +38,7 @@ async fn a_stream_that_ends_within_the_grace_period_is_answered_normally(#[case]
     assert_eq!(body["sealed"], true);
 }
 
-#[rstest]
-#[case::embedded(Mode::Embedded)]
-#[case::production(Mode::Production)]
+#[apply(both_modes)]
 #[tokio::test]
 async fn a_stream_still_running_after_the_grace_period_is_503_and_keeps_its_items(
     #[case] mode: Mode,

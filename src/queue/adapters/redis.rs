@@ -194,28 +194,37 @@ impl BitmapScan {
         self.ranges.finish()
     }
 }
+mod url;
+
+pub use self::url::Topology;
 
 impl RedisQueue {
-    /// Connects to `url`; a comma-separated list of node URLs selects Redis Cluster.
+    /// Connects to what `url` selects: `redis+cluster://host:port[,host:port…]` is Redis Cluster,
+    /// any other URL one standalone server (see [`Topology::from_url`]).
     pub async fn connect(url: &str) -> Result<Self, DependencyError> {
-        let nodes: Vec<&str> = url
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .collect();
-        let connection = if url.contains(',') {
-            let client = ClusterClientBuilder::new(nodes)
-                .connection_timeout(CONNECTION_TIMEOUT)
-                .response_timeout(RESPONSE_TIMEOUT)
-                .build()?;
-            Connection::Cluster(client.get_async_connection().await?)
-        } else {
-            let client = redis::Client::open(url)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(CONNECTION_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                .set_number_of_retries(1);
-            Connection::Standalone(client.get_connection_manager_with_config(config).await?)
+        let topology = Topology::from_url(url).map_err(|message| {
+            DependencyError::failed(crate::dependency::Dependency::Redis, message)
+        })?;
+        let connection = match topology {
+            // A node that goes away is reconnected in the background, for as long as it takes
+            // (redis-rs sets no limit on attempts); meanwhile each call still ends within
+            // RESPONSE_TIMEOUT, retries and redirections included.
+            Topology::Cluster(seeds) => {
+                let client = ClusterClientBuilder::new(seeds)
+                    .connection_timeout(CONNECTION_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .overall_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .build()?;
+                Connection::Cluster(client.get_async_connection().await?)
+            }
+            Topology::Standalone(server) => {
+                let client = redis::Client::open(server)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1);
+                Connection::Standalone(client.get_connection_manager_with_config(config).await?)
+            }
         };
         Ok(Self { connection })
     }
@@ -361,6 +370,9 @@ impl ItemQueue for RedisQueue {
     }
 
     async fn ping(&self) -> Result<(), DependencyError> {
+        if let Connection::Cluster(connection) = &self.connection {
+            return cluster_serves_every_slot(&mut connection.clone()).await;
+        }
         let _: String = redis::cmd("PING")
             .query_async(&mut self.connection.clone())
             .await?;
@@ -396,6 +408,49 @@ impl ItemQueue for RedisQueue {
             .await?;
         Ok(())
     }
+}
+
+/// A Cluster `PING` goes only to the masters the client holds a connection to, so a master that
+/// died may go unnoticed until the others declare it failed (`cluster-node-timeout`). Healthy
+/// means: as many masters answer as the Cluster says serve slots (`cluster_size`), and the
+/// Cluster says every slot is served (`cluster_state:ok`).
+async fn cluster_serves_every_slot(
+    connection: &mut ClusterConnection,
+) -> Result<(), DependencyError> {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+    // Without a response policy, the reply maps each master reached to its answer.
+    let every_master = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+    let replies = connection
+        .route_command(redis::cmd("PING"), every_master)
+        .await?;
+    let answered = match replies {
+        Value::Map(replies) => replies
+            .iter()
+            .filter(|(_, reply)| !matches!(reply, Value::ServerError(_)))
+            .count(),
+        _ => 0,
+    };
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(connection)
+        .await?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (state, size) = (field("cluster_state"), field("cluster_size"));
+    if state == "ok" && size == answered.to_string() {
+        return Ok(());
+    }
+    Err(DependencyError::unavailable(
+        crate::dependency::Dependency::Redis,
+        format!(
+            "the Redis Cluster is not serving every slot: cluster_state {state}, {answered} of \
+             {size} masters answered"
+        ),
+    ))
 }
 
 /// The benchmark reference of a per-item enqueue: for each item one dedup command (`SADD` of its

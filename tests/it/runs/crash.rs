@@ -57,7 +57,7 @@ pub async fn runs_in_database(
             let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
             sqlx::query_as(SQL).bind(id).fetch_all(&pool).await.unwrap()
         }
-        Mode::Production => {
+        Mode::Production | Mode::ProductionCluster => {
             let url = std::env::var("SLUICE_TEST_DATABASE_URL").unwrap();
             let pool = sqlx::PgPool::connect(&url).await.unwrap();
             sqlx::query_as(SQL).bind(id).fetch_all(&pool).await.unwrap()
@@ -131,10 +131,12 @@ async fn a_server_killed_while_materialising_writes_every_run_exactly_once(#[cas
                 .await
                 .unwrap(),
         ),
-        Mode::Production => Arc::new(
-            RedisQueue::connect(&std::env::var("SLUICE_TEST_REDIS_URL").unwrap())
-                .await
-                .unwrap(),
+        Mode::Production | Mode::ProductionCluster => Arc::new(
+            RedisQueue::connect(
+                &std::env::var(mode.redis_url_env().expect("a production mode")).unwrap(),
+            )
+            .await
+            .unwrap(),
         ),
     };
     poll_until("the queue items are deleted", MATERIALISE_LIMIT, || async {
