@@ -116,6 +116,33 @@ fn redis_is_restarting(error: &redis::RedisError) -> bool {
     )
 }
 
+/// A transaction (`MULTI`/`EXEC`) sent to a Cluster node that does not serve the batch's slot
+/// right now (its master is down or moving: `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`) is aborted
+/// whole (`EXECABORT`), and redis-rs does not retry it: it is as transient as the errors in it.
+fn transaction_aborted_by_cluster_routing(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    if error.kind() != ErrorKind::Server(ServerErrorKind::ExecAbort) {
+        return false;
+    }
+    let Some(errors) = error.clone().into_server_errors() else {
+        return false;
+    };
+    !errors.is_empty()
+        && errors.iter().all(|(_, error)| {
+            matches!(
+                error.kind(),
+                Some(
+                    ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::BusyLoading
+                )
+            )
+        })
+}
+
 impl From<redis::RedisError> for DependencyError {
     fn from(error: redis::RedisError) -> Self {
         if error.is_io_error()
@@ -124,6 +151,7 @@ impl From<redis::RedisError> for DependencyError {
             || error.is_timeout()
             || error.is_cluster_error()
             || redis_is_restarting(&error)
+            || transaction_aborted_by_cluster_routing(&error)
         {
             Self::unavailable(Dependency::Redis, error)
         } else {
