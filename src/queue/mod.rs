@@ -4,8 +4,8 @@
 //! Adapters: Redis (production, one transaction of `HSETNX` per call that also sets the indexes'
 //! bits in a per-batch bitmap, every key in the batch's hash slot) and the SQL store
 //! (`INSERT … ON CONFLICT DO NOTHING`, with per-chunk counters updated in the same transaction).
-//! An adapter must never leave an index marked but its item not stored, and never reads every
-//! taken index of a batch to answer `progress` or `missing`.
+//! An adapter must never leave an index marked but its item not stored. `progress` and `missing`
+//! read what the adapter keeps per batch for them (a bitmap, chunk counters), not every taken index.
 
 pub mod adapters;
 mod ranges;

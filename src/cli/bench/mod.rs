@@ -1,6 +1,10 @@
 //! `sluice bench`: a load generator. Creates batches and streams generated NDJSON to a running
 //! server over real HTTP (chunked bodies), then reports items/s, MB/s, request latency
 //! percentiles and the server's peak RSS.
+//!
+//! With `--missing-share` the batches stay unsealed, and `--probes` then times the unsealed answer
+//! (an empty-body Phase 2 request, as `sluice send` makes after a failure): first one probe at a
+//! time, then `--probe-concurrency` at once, with the server's peak RSS during those.
 
 mod body;
 mod stats;
@@ -16,7 +20,7 @@ use serde::Serialize;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use self::body::{BodyShape, generate};
-use self::stats::{Percentiles, peak_rss_bytes, percentiles, reset_peak_rss};
+use self::stats::{Percentiles, peak_rss_bytes, percentiles, reset_peak_rss, rss_bytes};
 use crate::protocol::runs::{BatchSummary, Page};
 use crate::protocol::wire::{CreateBatchRequest, CreateBatchResponse, IngestResponse};
 
@@ -52,6 +56,18 @@ pub struct BenchArgs {
     /// Share of items sent twice (0.0–1.0).
     #[arg(long, default_value_t = 0.0)]
     pub duplicate_share: f64,
+    /// Share of indexes left out of each body, so batches stay unsealed (0.0–1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub missing_share: f64,
+    /// Leave out the last `--missing-share` of the indexes instead of indexes at random.
+    #[arg(long)]
+    pub missing_tail: bool,
+    /// Empty-body requests to each batch after streaming it, timed (needs `--missing-share`).
+    #[arg(long, default_value_t = 0)]
+    pub probes: u32,
+    /// Probes in flight at once in the second round of probes.
+    #[arg(long, default_value_t = 20)]
+    pub probe_concurrency: usize,
     /// Bytes per HTTP body chunk.
     #[arg(long, default_value_t = 64 * 1024)]
     pub chunk_bytes: usize,
@@ -84,6 +100,8 @@ pub struct BenchReport {
     pub request_latency: Percentiles,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_peak_rss_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<ProbeReport>,
     /// With `--wait-runs`: from the first seal to the last batch's runs all written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runs_seconds: Option<f64>,
@@ -95,8 +113,29 @@ pub struct BenchReport {
 struct BatchTimes {
     latency: Duration,
     sealed: bool,
+    id: String,
     /// When the seal was answered and when every run was written (with `--wait-runs`).
     runs: Option<(Instant, Instant)>,
+}
+
+/// Timings of the unsealed answers.
+#[derive(Debug, Serialize)]
+pub struct ProbeReport {
+    pub probes_per_round: u32,
+    pub concurrency: usize,
+    /// One probe at a time, error answers included.
+    pub sequential_latency: Percentiles,
+    pub sequential_errors: u32,
+    /// `concurrency` probes at once, error answers included.
+    pub concurrent_latency: Percentiles,
+    pub concurrent_errors: u32,
+    /// Ranges in the last answer.
+    pub missing_ranges: usize,
+    /// The server's RSS before the probes, and its peak during them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_rss_before_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_peak_rss_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +144,8 @@ pub enum BenchError {
     Http(#[from] reqwest::Error),
     #[error("server answered {status}: {body}")]
     Status { status: u16, body: String },
+    #[error("a probe of batch {0} found it sealed: leave indexes out with --missing-share")]
+    ProbeSealed(String),
 }
 
 struct Run {
@@ -138,6 +179,8 @@ impl Run {
             oversized_share: self.args.oversized_share,
             oversized_bytes: self.args.oversized_bytes,
             duplicate_share: self.args.duplicate_share,
+            missing_share: self.args.missing_share,
+            missing_tail: self.args.missing_tail,
             chunk_bytes: self.args.chunk_bytes,
             seed,
         };
@@ -178,6 +221,7 @@ impl Run {
         Ok(BatchTimes {
             latency,
             sealed: ingested.sealed,
+            id: created.id,
             runs,
         })
     }
@@ -204,6 +248,69 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+
+    /// One unsealed answer: an empty body to a batch that misses items. Returns how long it took
+    /// and how many ranges it listed, or `None` for an error answer (a 503 when a dependency timed
+    /// out), which is timed all the same.
+    async fn probe(&self, id: &str) -> Result<(Duration, Option<usize>), BenchError> {
+        let started = Instant::now();
+        let response = self
+            .client
+            .post(format!("{}/api/v3/batches/{id}/items", self.args.url))
+            .bearer_auth(&self.args.key)
+            .header("content-type", "application/x-ndjson")
+            .body(Vec::new())
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            response.bytes().await?;
+            return Ok((started.elapsed(), None));
+        }
+        let answer: IngestResponse = response.json().await?;
+        let elapsed = started.elapsed();
+        match answer.missing {
+            Some(missing) if !answer.sealed => Ok((elapsed, Some(missing.len()))),
+            _ => Err(BenchError::ProbeSealed(id.to_owned())),
+        }
+    }
+
+    /// `count` probes spread over `ids`, `concurrency` at a time.
+    async fn probes(
+        self: &Arc<Self>,
+        ids: &[String],
+        count: u32,
+        concurrency: usize,
+    ) -> Result<ProbeRound, BenchError> {
+        let results: Vec<Result<(Duration, Option<usize>), BenchError>> =
+            futures::stream::iter(0..count as usize)
+                .map(|n| {
+                    let run = self.clone();
+                    let id = ids[n % ids.len()].clone();
+                    async move { run.probe(&id).await }
+                })
+                .buffer_unordered(concurrency.max(1))
+                .collect()
+                .await;
+        let mut round = ProbeRound::default();
+        for result in results {
+            let (latency, listed) = result?;
+            round.latencies.push(latency);
+            match listed {
+                Some(listed) => round.missing_ranges = listed,
+                None => round.errors += 1,
+            }
+        }
+        Ok(round)
+    }
+}
+
+#[derive(Default)]
+struct ProbeRound {
+    latencies: Vec<Duration>,
+    /// Error answers.
+    errors: u32,
+    /// Ranges listed by the last answer.
+    missing_ranges: usize,
 }
 
 async fn checked(response: reqwest::Response) -> Result<reqwest::Response, BenchError> {
@@ -243,11 +350,13 @@ pub async fn bench(args: BenchArgs) -> Result<BenchReport, BenchError> {
     let seconds = started.elapsed().as_secs_f64();
     let mut latencies = Vec::with_capacity(results.len());
     let mut sealed_batches = 0;
+    let mut ids = Vec::with_capacity(results.len());
     let mut runs_span: Option<(Instant, Instant)> = None;
     for result in results {
         let times = result?;
         latencies.push(times.latency);
         sealed_batches += u32::from(times.sealed);
+        ids.push(times.id);
         if let Some((first, last)) = times.runs {
             runs_span = Some(match runs_span {
                 Some((a, b)) => (a.min(first), b.max(last)),
@@ -258,6 +367,11 @@ pub async fn bench(args: BenchArgs) -> Result<BenchReport, BenchError> {
     let runs_seconds = runs_span.map(|(first, last)| (last - first).as_secs_f64());
     let items = u64::from(args.items) * u64::from(args.batches);
     let body_bytes = run.body_bytes.load(Ordering::Relaxed);
+    let server_peak_rss_bytes = args.server_pid.and_then(peak_rss_bytes);
+    let probes = match args.probes {
+        0 => None,
+        count => Some(probe_rounds(&run, &ids, count).await?),
+    };
     Ok(BenchReport {
         label: args.label,
         batches: args.batches,
@@ -269,9 +383,38 @@ pub async fn bench(args: BenchArgs) -> Result<BenchReport, BenchError> {
         megabytes_per_second: body_bytes as f64 / seconds / 1e6,
         sealed_batches,
         request_latency: percentiles(&mut latencies),
-        server_peak_rss_bytes: args.server_pid.and_then(peak_rss_bytes),
+        server_peak_rss_bytes,
+        probes,
         runs_per_second: runs_seconds.map(|seconds| items as f64 / seconds),
         runs_seconds,
+    })
+}
+
+/// A round of probes one at a time, then one with `probe_concurrency` at once, watching the
+/// server's memory from the first probe on.
+async fn probe_rounds(
+    run: &Arc<Run>,
+    ids: &[String],
+    count: u32,
+) -> Result<ProbeReport, BenchError> {
+    let pid = run.args.server_pid;
+    let server_rss_before_bytes = pid.and_then(rss_bytes);
+    if let Some(pid) = pid {
+        reset_peak_rss(pid);
+    }
+    let concurrency = run.args.probe_concurrency;
+    let mut sequential = run.probes(ids, count, 1).await?;
+    let mut concurrent = run.probes(ids, count, concurrency).await?;
+    Ok(ProbeReport {
+        probes_per_round: count,
+        concurrency,
+        sequential_latency: percentiles(&mut sequential.latencies),
+        sequential_errors: sequential.errors,
+        concurrent_latency: percentiles(&mut concurrent.latencies),
+        concurrent_errors: concurrent.errors,
+        missing_ranges: concurrent.missing_ranges.max(sequential.missing_ranges),
+        server_rss_before_bytes,
+        server_peak_rss_bytes: pid.and_then(peak_rss_bytes),
     })
 }
 
@@ -303,16 +446,47 @@ fn print_table(report: &BenchReport) {
         );
     }
     if let Some(rss) = report.server_peak_rss_bytes {
-        println!(
-            "{:<24} {:.1} MiB",
-            "server peak RSS",
-            rss as f64 / (1024.0 * 1024.0)
-        );
+        println!("{:<24} {:.1} MiB", "server peak RSS", mib(rss));
     }
+    if let Some(probes) = &report.probes {
+        for (name, latency) in [
+            ("probes one at a time", &probes.sequential_latency),
+            ("probes at once", &probes.concurrent_latency),
+        ] {
+            println!(
+                "{:<24} p50 {:.2} · p90 {:.2} · p99 {:.2} · max {:.2} ms",
+                name, latency.p50_ms, latency.p90_ms, latency.p99_ms, latency.max_ms
+            );
+        }
+        println!(
+            "{:<24} {} per round, {} at once; {} ranges listed; {} + {} error answers",
+            "probes",
+            probes.probes_per_round,
+            probes.concurrency,
+            probes.missing_ranges,
+            probes.sequential_errors,
+            probes.concurrent_errors
+        );
+        if let (Some(before), Some(peak)) =
+            (probes.server_rss_before_bytes, probes.server_peak_rss_bytes)
+        {
+            println!(
+                "{:<24} {:.1} MiB before, {:.1} MiB peak",
+                "server RSS (probes)",
+                mib(before),
+                mib(peak)
+            );
+        }
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 pub async fn run(args: BenchArgs) -> ExitCode {
     let json = args.json;
+    let leaves_gaps = args.missing_share > 0.0;
     match bench(args).await {
         Ok(report) => {
             if json {
@@ -323,12 +497,14 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             } else {
                 print_table(&report);
             }
-            if report.sealed_batches == report.batches {
+            // Batches with indexes left out are meant to stay unsealed.
+            let expected_sealed = if leaves_gaps { 0 } else { report.batches };
+            if report.sealed_batches == expected_sealed {
                 ExitCode::SUCCESS
             } else {
                 eprintln!(
-                    "sluice bench: {} batch(es) did not seal",
-                    report.batches - report.sealed_batches
+                    "sluice bench: {} of {} batch(es) sealed, {expected_sealed} expected",
+                    report.sealed_batches, report.batches
                 );
                 ExitCode::FAILURE
             }

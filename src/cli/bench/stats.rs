@@ -37,8 +37,17 @@ pub fn reset_peak_rss(pid: u32) -> bool {
 
 /// The peak resident set size of `pid` in bytes, from `/proc/{pid}/status` (Linux).
 pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// The resident set size of `pid` in bytes now.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -59,7 +68,8 @@ mod tests {
 
     #[test]
     fn reads_this_process_peak_rss() {
-        let rss = peak_rss_bytes(std::process::id()).unwrap();
-        assert!(rss > 1024 * 1024, "{rss}");
+        let peak = peak_rss_bytes(std::process::id()).unwrap();
+        let now = rss_bytes(std::process::id()).unwrap();
+        assert!(now > 1024 * 1024 && peak > 1024 * 1024, "{now} {peak}");
     }
 }
