@@ -54,17 +54,22 @@ pub async fn join_all(tasks: Vec<NamedTask>) {
         if let Err(error) = handle.await {
             if error.is_panic() {
                 let panic = error.into_panic();
-                let message = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown panic");
+                let message = panic_message(panic.as_ref());
                 tracing::error!(task = name, panic = message, "background task panicked");
             } else {
                 tracing::warn!(task = name, "background task was cancelled");
             }
         }
     }
+}
+
+/// The message a panic was raised with, when it was a string.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic")
 }
 
 #[cfg(test)]

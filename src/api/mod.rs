@@ -49,11 +49,7 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
 }
 
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
-    let detail = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown panic");
+    let detail = crate::tasks::panic_message(panic.as_ref());
     tracing::error!(panic = detail, "request handler panicked");
     ApiError::Internal.into_response()
 }

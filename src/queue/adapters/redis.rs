@@ -459,6 +459,11 @@ async fn cluster_serves_every_slot(
 /// real traffic; `scripts/bench` measures the grouped path against it.
 pub struct TwoStepRedisQueue(pub RedisQueue);
 
+/// The set of indexes the two-step reference has seen, in the batch's hash slot.
+fn seen_key(batch_id: &str) -> String {
+    format!("sluice:{{{batch_id}}}:seen")
+}
+
 #[async_trait]
 impl ItemQueue for TwoStepRedisQueue {
     async fn enqueue(
@@ -467,7 +472,7 @@ impl ItemQueue for TwoStepRedisQueue {
         items: &[QueuedItem],
     ) -> Result<Enqueued, DependencyError> {
         let keys = BatchKeys::new(batch_id);
-        let seen = format!("sluice:{{{batch_id}}}:seen");
+        let seen = seen_key(batch_id);
         let mut connection = self.0.connection.clone();
         let mut stored = Vec::with_capacity(items.len());
         for item in items {
@@ -523,7 +528,7 @@ impl ItemQueue for TwoStepRedisQueue {
 
     async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {
         let _: () = redis::cmd("UNLINK")
-            .arg(format!("sluice:{{{batch_id}}}:seen"))
+            .arg(seen_key(batch_id))
             .query_async(&mut self.0.connection.clone())
             .await?;
         self.0.delete_batch(batch_id).await
