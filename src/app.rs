@@ -18,9 +18,11 @@ use crate::ports::Ports;
 use crate::ports::SealSignal;
 use crate::queue::ItemQueue;
 use crate::queue::adapters::{RedisQueue, TwoStepRedisQueue};
+use crate::runs::work::{RunsReady, StatusWriters};
 use crate::store::BatchStore;
 use crate::store::adapters::{PostgresStore, SqliteStore, sqlite};
 use crate::store::runs::RunStore;
+use crate::store::work::WorkStore;
 use crate::tasks::NamedTask;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,7 @@ pub struct App {
     pub queue: Arc<dyn ItemQueue>,
     pub payloads: Arc<dyn PayloadStore>,
     pub runs: Arc<dyn RunStore>,
+    pub work: Arc<dyn WorkStore>,
     pub keys: ApiKeys,
     /// The generated key of the embedded mode, when no keys were configured.
     pub dev_key: Option<String>,
@@ -71,21 +74,25 @@ impl App {
         };
 
         let mut embedded = None;
-        let (store, sql_queue, runs): (Arc<dyn BatchStore>, Arc<dyn ItemQueue>, Arc<dyn RunStore>) =
-            match config.database_connect_url() {
-                Some(url) => {
-                    let store =
-                        Arc::new(PostgresStore::connect(&url, config.database_pool_size()).await?);
-                    (store.clone(), store.clone(), store)
-                }
-                None => {
-                    tokio::fs::create_dir_all(&config.data_dir).await?;
-                    let store =
-                        Arc::new(SqliteStore::open(&config.data_dir.join("sluice.db")).await?);
-                    embedded = Some(store.clone());
-                    (store.clone(), store.clone(), store)
-                }
-            };
+        type Stores = (
+            Arc<dyn BatchStore>,
+            Arc<dyn ItemQueue>,
+            Arc<dyn RunStore>,
+            Arc<dyn WorkStore>,
+        );
+        let (store, sql_queue, runs, work): Stores = match config.database_connect_url() {
+            Some(url) => {
+                let store =
+                    Arc::new(PostgresStore::connect(&url, config.database_pool_size()).await?);
+                (store.clone(), store.clone(), store.clone(), store)
+            }
+            None => {
+                tokio::fs::create_dir_all(&config.data_dir).await?;
+                let store = Arc::new(SqliteStore::open(&config.data_dir.join("sluice.db")).await?);
+                embedded = Some(store.clone());
+                (store.clone(), store.clone(), store.clone(), store)
+            }
+        };
         let queue: Arc<dyn ItemQueue> = match &config.redis_url {
             Some(url) if config.bench_two_step_enqueue => {
                 Arc::new(TwoStepRedisQueue(RedisQueue::connect(url).await?))
@@ -104,6 +111,7 @@ impl App {
             queue,
             payloads,
             runs,
+            work,
             keys,
             dev_key,
             embedded,
@@ -137,12 +145,17 @@ pub async fn serve(
             }),
         });
     }
+    let (status, status_tasks) =
+        StatusWriters::spawn(app.work.clone(), app.config.status_flush(), &shutdown);
     let ports = Ports {
         store: app.store,
         queue: app.queue,
         payloads: app.payloads,
         runs: app.runs,
+        work: app.work,
+        status,
         sealed: SealSignal::default(),
+        runs_ready: RunsReady::default(),
     };
     tasks.extend(crate::jobs::spawn(&app.config, &ports, &shutdown));
     if let Some(sqlite) = app.embedded {
@@ -173,6 +186,8 @@ pub async fn serve(
     .await;
     shutdown.cancel();
     crate::tasks::join_all(tasks).await;
+    // Last: the status flushers end once the requests holding them are gone, after a final flush.
+    crate::tasks::join_all(status_tasks).await;
     served
 }
 

@@ -1,5 +1,5 @@
-//! The ports the use cases work through, bundled: the batch store, the item queue and the
-//! payload store. Adapters behind each are chosen by the wiring (`app.rs`).
+//! The ports the use cases work through, bundled: the batch store, the item queue, the
+//! payload store, the run and work stores, and the status writers over them. Adapters behind each are chosen by the wiring (`app.rs`).
 
 use std::sync::Arc;
 
@@ -7,8 +7,10 @@ use tokio::sync::Notify;
 
 use crate::payloads::PayloadStore;
 use crate::queue::ItemQueue;
+use crate::runs::work::{RunsReady, StatusWriters};
 use crate::store::BatchStore;
 use crate::store::runs::RunStore;
+use crate::store::work::WorkStore;
 
 #[derive(Clone)]
 pub struct Ports {
@@ -16,8 +18,13 @@ pub struct Ports {
     pub queue: Arc<dyn ItemQueue>,
     pub payloads: Arc<dyn PayloadStore>,
     pub runs: Arc<dyn RunStore>,
+    pub work: Arc<dyn WorkStore>,
+    /// Every status write (claims, heartbeats, completions) goes through these.
+    pub status: StatusWriters,
     /// Wakes this node's materialiser when a batch is sealed here.
     pub sealed: SealSignal,
+    /// Wakes this node's waiting claims when runs may have become claimable.
+    pub runs_ready: RunsReady,
 }
 
 /// A wake-up for the materialiser: sealing a batch signals it, so the batch's runs start being

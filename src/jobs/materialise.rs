@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ports::SealSignal;
 use crate::queue::ItemQueue;
 use crate::runs::materialise::{MaterialiseSettings, Pass, materialise_next};
+use crate::runs::work::RunsReady;
 use crate::store::runs::RunStore;
 use crate::tasks::{self, NamedTask};
 
@@ -23,6 +24,7 @@ pub fn spawn(
     runs: Arc<dyn RunStore>,
     queue: Arc<dyn ItemQueue>,
     signal: SealSignal,
+    ready: RunsReady,
     settings: MaterialiseSettings,
     shutdown: CancellationToken,
 ) -> Vec<NamedTask> {
@@ -64,7 +66,7 @@ pub fn spawn(
                 // A pass cut here loses nothing: its chunk either committed with its checkpoint
                 // or not at all, and its claim expires for another pass to go on.
                 () = shutdown.cancelled() => return,
-                () = materialise_waiting(&runs, &queue, settings) => {}
+                () = materialise_waiting(&runs, &queue, &ready, settings) => {}
             }
         }
     });
@@ -81,10 +83,11 @@ pub fn spawn(
 async fn materialise_waiting(
     runs: &Arc<dyn RunStore>,
     queue: &Arc<dyn ItemQueue>,
+    ready: &RunsReady,
     settings: MaterialiseSettings,
 ) {
     loop {
-        match materialise_next(runs, queue, settings).await {
+        match materialise_next(runs, queue, ready, settings).await {
             Ok(Pass::Idle) => return,
             Ok(Pass::Done {
                 batch_id,
