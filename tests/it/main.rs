@@ -13,3 +13,4 @@ mod runs;
 mod send;
 mod shutdown;
 mod support;
+mod workers;
