@@ -4,6 +4,8 @@
 //! Claims take any of the tenant's runs, so every test here runs as a tenant of its own: tests
 //! running at once on the same database never claim each other's runs.
 
+mod cli;
+
 use std::time::Duration;
 
 use reqwest::StatusCode;
