@@ -5,6 +5,7 @@
 //! running at once on the same database never claim each other's runs.
 
 mod cli;
+mod outage;
 
 use std::time::Duration;
 
@@ -18,7 +19,19 @@ use crate::support::{Api, KEY, Mode, OTHER_KEY, TestServer, both_modes, into_par
 
 /// A server whose `KEY` belongs to a tenant no other test uses.
 pub async fn worker_server(mode: Mode, adjust: impl FnOnce(&mut Config)) -> TestServer {
-    let tenant = format!("workers-{:016x}", rand::random::<u64>());
+    worker_server_of(&unique_tenant(), mode, adjust).await
+}
+
+pub fn unique_tenant() -> String {
+    format!("workers-{:016x}", rand::random::<u64>())
+}
+
+/// A server whose `KEY` belongs to `tenant`.
+pub async fn worker_server_of(
+    tenant: &str,
+    mode: Mode,
+    adjust: impl FnOnce(&mut Config),
+) -> TestServer {
     TestServer::start_with(mode, |config| {
         config.api_keys = Some(format!("{tenant}:{KEY},globex:{OTHER_KEY}"));
         config.lease_sweep_interval_ms = 100;
@@ -57,7 +70,7 @@ impl Api {
 
 /// A sealed, materialised batch of `count` items of `task`, the item at each index `i` with
 /// payload `{"i": i}` and the given options.
-pub async fn batch_of(server: &TestServer, task: &str, count: u32, options: Value) -> String {
+pub async fn batch_of(server: &Api, task: &str, count: u32, options: Value) -> String {
     let lines: Vec<String> = (0..count)
         .map(|index| {
             json!({"index": index, "task": task, "payload": {"i": index}, "options": options})
@@ -433,4 +446,28 @@ async fn canceling_a_batch_cancels_runs_sent_back_for_a_retry(mode: Mode) {
         json!({"pending": 0, "claimed": 0, "running": 0, "completed": 1, "failed": 0, "canceled": 2})
     );
     assert!(server.claim(json!({ "limit": 5 })).await.is_empty());
+}
+
+/// The last two runs of a batch completed at the same moment through two nodes: the batch turns
+/// final (neither node's check may miss the other's run), again and again.
+#[tokio::test]
+async fn last_runs_completed_on_two_nodes_at_once_finish_the_batch() {
+    let tenant = unique_tenant();
+    let first = worker_server_of(&tenant, Mode::Production, |_| {}).await;
+    let second = worker_server_of(&tenant, Mode::Production, |_| {}).await;
+    for round in 0..15 {
+        let id = batch_of(&first, "t", 2, json!({})).await;
+        let runs = first.claim(json!({ "limit": 2 })).await;
+        assert_eq!(runs.len(), 2, "round {round}");
+        let (a, b) = tokio::join!(
+            first.complete(json!([report(&runs[0], "COMPLETED")])),
+            second.complete(json!([report(&runs[1], "FAILED")])),
+        );
+        assert_eq!(
+            (a[0]["ok"].clone(), b[0]["ok"].clone()),
+            (json!(true), json!(true))
+        );
+        let (_, batch) = first.batch(&id).await;
+        assert_eq!(batch["status"], "PARTIAL_FAILED", "round {round}: {batch}");
+    }
 }
