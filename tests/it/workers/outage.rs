@@ -100,6 +100,8 @@ async fn postgres_crashing_under_completions_loses_no_acknowledged_status() {
                                 seen.acknowledged
                                     .insert(result["id"].as_str().unwrap().to_owned());
                             }
+                            drop(seen);
+                            tokio::time::sleep(PACE).await;
                         }
                         StatusCode::SERVICE_UNAVAILABLE => {
                             assert!(retry_after.is_some(), "503 without Retry-After: {body}");
