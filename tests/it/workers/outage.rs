@@ -93,14 +93,14 @@ async fn postgres_crashing_under_completions_loses_no_acknowledged_status() {
                     let (status, body) = into_parts(response).await;
                     match status {
                         StatusCode::OK => {
-                            let results = body["results"].as_array().unwrap();
-                            let mut seen = seen.lock().unwrap();
-                            for result in results {
-                                assert_eq!(result["ok"], true, "{result}");
-                                seen.acknowledged
-                                    .insert(result["id"].as_str().unwrap().to_owned());
+                            {
+                                let mut seen = seen.lock().unwrap();
+                                for result in body["results"].as_array().unwrap() {
+                                    assert_eq!(result["ok"], true, "{result}");
+                                    seen.acknowledged
+                                        .insert(result["id"].as_str().unwrap().to_owned());
+                                }
                             }
-                            drop(seen);
                             tokio::time::sleep(PACE).await;
                         }
                         StatusCode::SERVICE_UNAVAILABLE => {
