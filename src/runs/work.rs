@@ -176,9 +176,14 @@ fn check_run_count(count: usize) -> Result<(), RunsError> {
     }
 }
 
-/// Claims up to `limit` of the tenant's pending runs; with `wait_ms`, waits that long for one
-/// when none is pending. An empty answer is not an error.
-pub async fn claim(ports: &Ports, tenant: &str, claim: Claim) -> Result<Claimed, RunsError> {
+/// Claims up to `limit` of the tenant's pending runs; with `wait_ms`, waits that long (at most
+/// `wait_cap_ms`) for one when none is pending. An empty answer is not an error.
+pub async fn claim(
+    ports: &Ports,
+    tenant: &str,
+    claim: Claim,
+    wait_cap_ms: u64,
+) -> Result<Claimed, RunsError> {
     let limit = claim.limit.unwrap_or(1);
     if !(1..=MAX_RUNS_PER_CALL as u32).contains(&limit) {
         return Err(RunsError::Invalid(format!(
@@ -200,7 +205,7 @@ pub async fn claim(ports: &Ports, tenant: &str, claim: Claim) -> Result<Claimed,
         ));
     }
     let lease_id = format!("lease_{:032x}", rand::random::<u128>());
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait.min(wait_cap_ms));
     loop {
         // Registered before looking, so runs added while the claim runs wake the wait below.
         let woken = ports.runs_ready.0.notified();

@@ -471,3 +471,17 @@ async fn last_runs_completed_on_two_nodes_at_once_finish_the_batch() {
         assert_eq!(batch["status"], "PARTIAL_FAILED", "round {round}: {batch}");
     }
 }
+
+#[apply(both_modes)]
+#[tokio::test]
+async fn a_claim_waits_no_longer_than_the_server_allows(mode: Mode) {
+    let server = worker_server(mode, |config| config.claim_wait_max_ms = 200).await;
+    let started = std::time::Instant::now();
+    let runs = server.claim(json!({ "waitMs": 20000 })).await;
+    assert!(runs.is_empty());
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_millis(200)..Duration::from_secs(5)).contains(&waited),
+        "{waited:?}"
+    );
+}
