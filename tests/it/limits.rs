@@ -240,17 +240,6 @@ async fn a_client_that_stops_sending_is_cut_off_and_its_items_are_kept(#[case] m
     assert_eq!(body["sealed"], true);
 }
 
-/// The server's peak resident memory (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 /// Lines whose `index` is a string as long as a line may be: each is rejected, and its message
 /// must not echo that string. Three such bodies at once must neither make large answers nor make
 /// the server hold their echoes: its memory stays within the bound configuration sets.
@@ -301,7 +290,7 @@ async fn hostile_index_values_make_neither_large_answers_nor_large_memory() {
         let answer: Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(answer["itemsRejected"], LINES, "{answer}");
     }
-    let peak = peak_rss(server.pid());
+    let peak = server.memory("VmHWM");
     let bound = (64 << 20) + (REQUESTS * CONCURRENCY * ITEM_MAX) as u64;
     eprintln!(
         "hostile index values: server peak RSS {:.1} MiB (bound {:.1} MiB)",

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sluice::config::Config;
 
 use crate::runs::wait_materialised;
-use crate::support::{Api, KEY, Mode, OTHER_KEY, TestServer, both_modes, into_parts, poll_until};
+use crate::support::{Api, KEY, Mode, OTHER_KEY, TestServer, both_modes, poll_until};
 
 /// A server whose `KEY` belongs to a tenant no other test uses.
 pub async fn worker_server(mode: Mode, adjust: impl FnOnce(&mut Config)) -> TestServer {
@@ -41,18 +41,6 @@ pub async fn worker_server_of(
 }
 
 impl Api {
-    pub async fn post_json_as(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .post(self.url(path))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        into_parts(response).await
-    }
-
     pub async fn claim(&self, body: Value) -> Vec<Value> {
         let (status, answer) = self.post_json_as(KEY, "/api/v3/runs/claim", body).await;
         assert_eq!(status, StatusCode::OK, "{answer}");

@@ -21,16 +21,6 @@ const PER_CALL: usize = 10;
 const PACE: Duration = Duration::from_millis(50);
 const WORKERS: usize = 8;
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 /// What the completing workers saw.
 #[derive(Default)]
 struct Seen {
@@ -124,13 +114,13 @@ async fn postgres_crashing_under_completions_loses_no_acknowledged_status() {
         || async { seen.lock().unwrap().acknowledged.len() >= RUNS as usize / 3 },
     )
     .await;
-    let before = rss_bytes(server.pid());
+    let before = server.memory("VmRSS");
     postgres.stop(PostgresStop::Immediate).await;
     let acknowledged_before_crash = seen.lock().unwrap().acknowledged.len();
     let outage = Instant::now();
     let mut peak = before;
     while outage.elapsed() < Duration::from_secs(6) {
-        peak = peak.max(rss_bytes(server.pid()));
+        peak = peak.max(server.memory("VmRSS"));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let during = seen.lock().unwrap().unavailable;
