@@ -23,7 +23,7 @@ pub struct CreateBatchRequest {
 
 /// A JSON integer as JSON Schema reads one: `3.0` is the integer 3, so a client whose JSON encoder
 /// writes whole numbers with a fraction is not turned away. Serde's `i64` would reject it.
-fn json_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+pub fn json_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
     const I64_RANGE: std::ops::RangeInclusive<f64> = i64::MIN as f64..=i64::MAX as f64;
     let number = serde_json::Number::deserialize(deserializer)?;
     if let Some(integer) = number.as_i64() {
@@ -38,6 +38,15 @@ fn json_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Er
             "expected an integer, got {number}"
         ))),
     }
+}
+
+/// [`json_integer`] for an optional field (with `#[serde(default)]`): absent or `null` is `None`.
+pub fn optional_json_integer<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Integer(#[serde(deserialize_with = "json_integer")] i64);
+    Ok(Option::<Integer>::deserialize(deserializer)?.map(|Integer(value)| value))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

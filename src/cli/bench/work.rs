@@ -48,7 +48,7 @@ impl Run {
     async fn claim(&self, limit: u32) -> Result<ClaimResponse, BenchError> {
         let request = ClaimRequest {
             tasks: None,
-            limit: Some(limit),
+            limit: Some(i64::from(limit)),
             lease_ms: Some(300_000),
             wait_ms: Some(0),
         };
