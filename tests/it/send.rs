@@ -583,6 +583,27 @@ async fn parts_are_sized_under_a_low_body_cap_and_never_meet_413(#[case] mode: M
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_with_count_splits_by_count_and_the_server_sees_lines_beyond_it() {
+    let server = TestServer::start(Mode::Embedded).await;
+    let file = payload_file(25);
+    let task = unique_task();
+    let mut counted = options(&server.base, file.path(), &task);
+    (counted.count, counted.batch_size) = (Some(25), Some(10));
+    let report = send_all(counted).await.unwrap();
+    assert_parts_hold_every_line_once(&server, &report, &task, &[10, 10, 5]).await;
+
+    // A count short of the file: the last part reads on to the end, so the lines past its items
+    // reach the server, which rejects them (and says so), as it does for one batch; they are not
+    // left out unseen.
+    let mut short = options(&server.base, file.path(), &unique_task());
+    (short.count, short.batch_size) = (Some(20), Some(10));
+    let report = send_all(short).await.unwrap();
+    let last = report.parts[1].response();
+    assert_eq!((report.parts.len(), last.items_rejected), (2, 5));
+    assert_eq!(last.rejected[0].code, "INDEX_OUT_OF_RANGE");
+}
+
 #[tokio::test]
 async fn a_server_without_limits_gets_one_batch_and_a_hint_to_use_batch_size() {
     let old = fake_old::OldServer::start(10).await;

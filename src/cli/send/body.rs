@@ -134,8 +134,8 @@ struct Producer {
     check_lines: bool,
     /// Items mode: index in the whole input of the next non-blank line.
     next_index: u64,
-    /// Items mode: the part's items are those from `first_item` to before `end_item`; its index
-    /// `i` is the input's `first_item + i`.
+    /// Items mode: the part's items are those from `first_item` to before `end_item` (the end of
+    /// the input for the last part); its index `i` is the input's `first_item + i`.
     first_item: u64,
     end_item: u64,
     chunk: BytesMut,
@@ -274,7 +274,12 @@ pub async fn request_body(
         check_lines: !input.lines_checked,
         next_index,
         first_item: part.first_item,
-        end_item: part.first_item + part.items,
+        // The last part reads to the end: with a wrong `--count`, lines beyond it reach the
+        // server, which rejects them, rather than being left out unseen.
+        end_item: match input.parts.last() == Some(part) {
+            true => u64::MAX,
+            false => part.first_item + part.items,
+        },
         chunk: BytesMut::with_capacity(CHUNK_BYTES + 1024),
         tap,
         done: false,
