@@ -122,6 +122,22 @@ pub struct RunCounts {
     pub canceled: u64,
 }
 
+/// `GET /api/v3/limits`: what one batch may hold, so a client can split its input to fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsResponse {
+    /// Largest `runCount` (`STREAMING_BATCH_MAX_ITEMS`).
+    pub max_items_per_batch: u32,
+    /// Largest NDJSON line; a longer one becomes a failed item (`STREAMING_BATCH_ITEM_MAXIMUM_SIZE`).
+    pub max_item_bytes: u32,
+    /// Payload bytes from which a payload goes to object storage (`BATCH_PAYLOAD_OFFLOAD_THRESHOLD`).
+    pub offload_threshold_bytes: u32,
+    /// Phase 2 body bytes after decompression (`SLUICE_MAX_BODY_BYTES`).
+    pub max_body_bytes: u64,
+    /// Phase 2 body bytes on the wire (`SLUICE_MAX_ENCODED_BODY_BYTES`).
+    pub max_encoded_body_bytes: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HealthResponse {
     pub status: String,

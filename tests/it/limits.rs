@@ -300,3 +300,45 @@ async fn hostile_index_values_make_neither_large_answers_nor_large_memory() {
     assert!(peak < bound, "peak RSS {peak} bytes, bound {bound}");
     server.kill().await;
 }
+
+#[apply(both_modes)]
+#[tokio::test]
+async fn get_limits_advertises_what_a_batch_may_hold(#[case] mode: Mode) {
+    let server = TestServer::start_with(mode, |config| {
+        config.max_items = 10_000;
+        config.item_max_bytes = 65_536;
+        config.offload_threshold_bytes = 4_096;
+        config.max_body_bytes = 8 << 20;
+        config.max_encoded_body_bytes = 4 << 20;
+    })
+    .await;
+    let response = server
+        .client
+        .get(server.url("/api/v3/limits"))
+        .bearer_auth(OTHER_KEY)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = into_parts(response).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({
+            "maxItemsPerBatch": 10_000,
+            "maxItemBytes": 65_536,
+            "offloadThresholdBytes": 4_096,
+            "maxBodyBytes": 8 << 20,
+            "maxEncodedBodyBytes": 4 << 20,
+        })
+    );
+
+    let response = server
+        .client
+        .get(server.url("/api/v3/limits"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = into_parts(response).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(error_code(&body), "UNAUTHORIZED");
+}
