@@ -40,13 +40,12 @@ pub fn json_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D
     }
 }
 
-/// [`json_integer`] for an optional field (with `#[serde(default)]`): absent or `null` is `None`.
+/// [`json_integer`] for an optional field (with `#[serde(default)]`): absent is `None`; present,
+/// it must be an integer (`null` is refused, as the API's schema says).
 pub fn optional_json_integer<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<i64>, D::Error> {
-    #[derive(Deserialize)]
-    struct Integer(#[serde(deserialize_with = "json_integer")] i64);
-    Ok(Option::<Integer>::deserialize(deserializer)?.map(|Integer(value)| value))
+    json_integer(deserializer).map(Some)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
