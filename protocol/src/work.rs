@@ -6,6 +6,14 @@ use serde_json::value::RawValue;
 
 use crate::wire::optional_json_integer;
 
+/// For an optional field (with `#[serde(default)]`): absent is `None`; present, it must be a value
+/// of the field's type (`null` is refused, as the API's schema says).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
 /// Most runs one claim, heartbeat or complete call carries.
 pub const MAX_RUNS_PER_CALL: usize = 1000;
 /// Lease of a claim or heartbeat that does not say, in milliseconds.
@@ -21,7 +29,11 @@ pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimRequest {
     /// Only runs of these tasks; every task when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub tasks: Option<Vec<String>>,
     #[serde(
         default,
@@ -117,7 +129,11 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportedError {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub code: Option<String>,
     pub message: String,
 }
@@ -131,7 +147,11 @@ pub struct RunReport {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Box<RawValue>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub error: Option<ReportedError>,
     #[serde(
         default,
@@ -175,6 +195,9 @@ mod tests {
         assert_eq!(claim.lease_ms, Some(60_000));
         assert_eq!(claim.wait_ms, None);
         assert!(serde_json::from_str::<ClaimRequest>(r#"{"waitMs": null}"#).is_err());
+        assert!(serde_json::from_str::<ClaimRequest>(r#"{"tasks": null}"#).is_err());
+        let report = r#"{"id": "r", "leaseId": "l", "status": "RETRY", "error": {"code": null, "message": ""}}"#;
+        assert!(serde_json::from_str::<RunReport>(report).is_err());
         let empty: ClaimRequest = serde_json::from_str("{}").unwrap();
         assert_eq!(empty.limit, None);
         assert!(serde_json::from_str::<ClaimRequest>(r#"{"limit": 1.5}"#).is_err());
