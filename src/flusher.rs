@@ -7,7 +7,7 @@
 //! acknowledged write is committed.
 //!
 //! While the store fails nothing piles up: a failed group is retried for up to a second while its
-//! callers wait (each try bounded too), then they are answered with the error, the flusher marks itself failing and answers every
+//! callers wait (each try bounded to 10 s), then they are answered with the error, the flusher marks itself failing and answers every
 //! new caller at once with `503` until a probe of the store succeeds. The channel is bounded, so a
 //! store that is merely slow pushes back on callers too ([`Flusher::submit`] fails when it is
 //! full). At shutdown the channel is closed and what is queued is flushed once more.
@@ -51,8 +51,9 @@ pub struct FlushSettings {
     pub shutdown_grace: Duration,
 }
 
-/// Longest one flush may take; beyond it the store counts as failing.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest one flush may take; beyond it the store counts as failing. (A group of claims of a
+/// thousand runs each takes well under a second; a hung connection never answers.)
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a failed group is retried while its callers wait, before they are told to retry.
 const RETRY_BUDGET: Duration = Duration::from_secs(1);
 /// Backoff before the second try; it doubles.

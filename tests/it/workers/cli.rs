@@ -79,7 +79,7 @@ async fn sent_items_are_worked_to_a_partially_failed_batch_with_exact_counts(mod
     .unwrap();
 
     let batch = std::cell::RefCell::new(Value::Null);
-    poll_until("the batch is final", Duration::from_secs(240), || async {
+    poll_until("the batch is final", Duration::from_secs(480), || async {
         let (status, body) = server.batch(&id).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let done = body["status"] != "PROCESSING";
