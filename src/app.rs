@@ -12,6 +12,9 @@ use crate::api::ApiState;
 use crate::api::auth::ApiKeys;
 use crate::config::Config;
 use crate::dependency::DependencyError;
+use crate::events::live::{EventBus, Hub, LiveEvents};
+use crate::events::redis::RedisEventBus;
+use crate::events::{EventJournal, Events, ProgressQueue};
 use crate::payloads::PayloadStore;
 use crate::payloads::adapters::{FsPayloadStore, S3PayloadStore};
 use crate::ports::Ports;
@@ -33,12 +36,24 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// What the SQL store serves: batches, the queue (without Redis), runs, the event journal.
+type SqlPorts = (
+    Arc<dyn BatchStore>,
+    Arc<dyn ItemQueue>,
+    Arc<dyn RunStore>,
+    Arc<dyn EventJournal>,
+);
+
 pub struct App {
     pub config: Config,
     pub store: Arc<dyn BatchStore>,
     pub queue: Arc<dyn ItemQueue>,
     pub payloads: Arc<dyn PayloadStore>,
     pub runs: Arc<dyn RunStore>,
+    pub journal: Arc<dyn EventJournal>,
+    /// Carries live events between nodes; `None` without Redis (one node, or streams of other
+    /// nodes' events read the journal every few seconds).
+    pub event_bus: Option<Arc<RedisEventBus>>,
     pub keys: ApiKeys,
     /// The generated key of the embedded mode, when no keys were configured.
     pub dev_key: Option<String>,
@@ -71,27 +86,29 @@ impl App {
         };
 
         let mut embedded = None;
-        let (store, sql_queue, runs): (Arc<dyn BatchStore>, Arc<dyn ItemQueue>, Arc<dyn RunStore>) =
-            match config.database_connect_url() {
-                Some(url) => {
-                    let store =
-                        Arc::new(PostgresStore::connect(&url, config.database_pool_size()).await?);
-                    (store.clone(), store.clone(), store)
-                }
-                None => {
-                    tokio::fs::create_dir_all(&config.data_dir).await?;
-                    let store =
-                        Arc::new(SqliteStore::open(&config.data_dir.join("sluice.db")).await?);
-                    embedded = Some(store.clone());
-                    (store.clone(), store.clone(), store)
-                }
-            };
+        let (store, sql_queue, runs, journal): SqlPorts = match config.database_connect_url() {
+            Some(url) => {
+                let store =
+                    Arc::new(PostgresStore::connect(&url, config.database_pool_size()).await?);
+                (store.clone(), store.clone(), store.clone(), store)
+            }
+            None => {
+                tokio::fs::create_dir_all(&config.data_dir).await?;
+                let store = Arc::new(SqliteStore::open(&config.data_dir.join("sluice.db")).await?);
+                embedded = Some(store.clone());
+                (store.clone(), store.clone(), store.clone(), store)
+            }
+        };
         let queue: Arc<dyn ItemQueue> = match &config.redis_url {
             Some(url) if config.bench_two_step_enqueue => {
                 Arc::new(TwoStepRedisQueue(RedisQueue::connect(url).await?))
             }
             Some(url) => Arc::new(RedisQueue::connect(url).await?),
             None => sql_queue,
+        };
+        let event_bus = match &config.redis_url {
+            Some(url) => Some(Arc::new(RedisEventBus::connect(url).await?)),
+            None => None,
         };
         let payloads: Arc<dyn PayloadStore> = match config.s3() {
             Some(settings) => Arc::new(S3PayloadStore::connect(&settings).await),
@@ -104,6 +121,8 @@ impl App {
             queue,
             payloads,
             runs,
+            journal,
+            event_bus,
             keys,
             dev_key,
             embedded,
@@ -137,13 +156,46 @@ pub async fn serve(
             }),
         });
     }
+    // The event tasks outlive the others: they stop once nothing can report a change any more,
+    // and flush what is still queued.
+    let events_stop = CancellationToken::new();
+    let mut event_tasks = Vec::new();
+    let (journal_queue, journal_queued) =
+        tokio::sync::mpsc::channel(crate::events::writer::QUEUE_CAPACITY);
+    let progress = Arc::new(ProgressQueue::default());
+    let hub = Arc::new(Hub::default());
     let ports = Ports {
         store: app.store,
         queue: app.queue,
         payloads: app.payloads,
         runs: app.runs,
         sealed: SealSignal::default(),
+        events: Events::new(journal_queue, progress.clone()),
+        journal: app.journal,
+        hub: hub.clone(),
     };
+    let live = LiveEvents {
+        hub: hub.clone(),
+        bus: app.event_bus.clone().map(|bus| bus as Arc<dyn EventBus>),
+    };
+    event_tasks.push(crate::events::writer::spawn(
+        ports.journal.clone(),
+        live,
+        journal_queued,
+        app.config.journal_writer(),
+        events_stop.clone(),
+    ));
+    event_tasks.push(crate::events::progress::spawn(
+        ports.clone(),
+        app.config.seal_timeout_ms,
+        ports.events.clone(),
+        progress,
+        events_stop.clone(),
+    ));
+    if let Some(bus) = &app.event_bus {
+        // Streams end at shutdown, so the subscription stops with the other jobs.
+        tasks.push(bus.spawn_subscriber(hub, shutdown.clone()));
+    }
     tasks.extend(crate::jobs::spawn(&app.config, &ports, &shutdown));
     if let Some(sqlite) = app.embedded {
         tasks.push(crate::tasks::every(
@@ -173,6 +225,8 @@ pub async fn serve(
     .await;
     shutdown.cancel();
     crate::tasks::join_all(tasks).await;
+    events_stop.cancel();
+    crate::tasks::join_all(event_tasks).await;
     served
 }
 

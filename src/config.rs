@@ -209,6 +209,22 @@ pub struct Config {
           default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub materialise_lease_ms: u64,
 
+    /// Events waiting for the journal that start a flush at once (each flush is one insert).
+    #[arg(long = "journal-flush-max-events", env = "SLUICE_JOURNAL_FLUSH_MAX_EVENTS", value_name = "SLUICE_JOURNAL_FLUSH_MAX_EVENTS",
+          default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub journal_flush_max_events: u32,
+
+    /// Longest an event waits for its journal flush, in milliseconds.
+    #[arg(long = "journal-flush-interval-ms", env = "SLUICE_JOURNAL_FLUSH_INTERVAL_MS", value_name = "SLUICE_JOURNAL_FLUSH_INTERVAL_MS",
+          default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub journal_flush_interval_ms: u64,
+
+    /// Event streams (GET /api/v3/batches/{id}/events) a tenant may have open on this node;
+    /// beyond, 429.
+    #[arg(long = "max-event-streams-per-tenant", env = "SLUICE_MAX_EVENT_STREAMS_PER_TENANT", value_name = "SLUICE_MAX_EVENT_STREAMS_PER_TENANT",
+          default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_event_streams_per_tenant: u32,
+
     /// Benchmark reference only: enqueue each item as a per-item path does, one dedup command
     /// (`SADD`) and then one store command (`HSET`), two round trips per item, not atomic. Needs
     /// REDIS_URL; never for real traffic.
@@ -262,6 +278,9 @@ impl Config {
             materialise_chunk_items: 5_000,
             materialise_pipeline_depth: 2,
             materialise_lease_ms: 30_000,
+            journal_flush_max_events: 16,
+            journal_flush_interval_ms: 100,
+            max_event_streams_per_tenant: 100,
             bench_two_step_enqueue: false,
             api_keys: None,
         }
@@ -319,6 +338,13 @@ impl Config {
         } else {
             format!("{base}?{}", kept.join("&"))
         })
+    }
+
+    pub fn journal_writer(&self) -> crate::events::writer::WriterSettings {
+        crate::events::writer::WriterSettings {
+            flush_max_events: self.journal_flush_max_events as usize,
+            flush_interval: std::time::Duration::from_millis(self.journal_flush_interval_ms),
+        }
     }
 
     pub fn materialise(&self) -> MaterialiseSettings {

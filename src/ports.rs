@@ -1,10 +1,13 @@
-//! The ports the use cases work through, bundled: the batch store, the item queue and the
-//! payload store. Adapters behind each are chosen by the wiring (`app.rs`).
+//! The ports the use cases work through, bundled: the batch store, the item queue, the payload
+//! store, the run store, and the batch events (the journal, its live fan-out, and the handle that
+//! reports changes). Adapters behind each are chosen by the wiring (`app.rs`).
 
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::events::live::Hub;
+use crate::events::{EventJournal, Events};
 use crate::payloads::PayloadStore;
 use crate::queue::ItemQueue;
 use crate::store::BatchStore;
@@ -18,6 +21,12 @@ pub struct Ports {
     pub runs: Arc<dyn RunStore>,
     /// Wakes this node's materialiser when a batch is sealed here.
     pub sealed: SealSignal,
+    /// Where changes of batches and runs are reported, for the batches' event streams.
+    pub events: Events,
+    /// The batches' event journals, which streams replay.
+    pub journal: Arc<dyn EventJournal>,
+    /// This node's live event streams, by batch.
+    pub hub: Arc<Hub>,
 }
 
 /// A wake-up for the materialiser: sealing a batch signals it, so the batch's runs start being

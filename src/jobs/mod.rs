@@ -15,6 +15,7 @@ use crate::tasks::NamedTask;
 pub fn spawn(config: &Config, ports: &Ports, shutdown: &CancellationToken) -> Vec<NamedTask> {
     let mut jobs = vec![expire::spawn(
         ports.store.clone(),
+        ports.events.clone(),
         config.seal_timeout_ms,
         shutdown.clone(),
     )];
@@ -22,6 +23,7 @@ pub fn spawn(config: &Config, ports: &Ports, shutdown: &CancellationToken) -> Ve
         ports.runs.clone(),
         ports.queue.clone(),
         ports.sealed.clone(),
+        ports.events.clone(),
         config.materialise(),
         shutdown.clone(),
     ));

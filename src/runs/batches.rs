@@ -129,7 +129,11 @@ pub async fn cancel_batch(
         return Err(RunsError::BatchFinal(status));
     }
     match ports.runs.cancel_batch(tenant, id, now_millis()).await? {
-        Canceled::Canceled(batch) => view_of(ports, batch, BatchStatus::Canceled).await,
+        Canceled::Canceled(batch) => {
+            // One batch event sums up the runs canceled with it (no run event each).
+            ports.events.batch_status(tenant, id);
+            view_of(ports, batch, BatchStatus::Canceled).await
+        }
         Canceled::Final(status) => Err(RunsError::BatchFinal(status)),
         Canceled::NotFound => Err(RunsError::BatchNotFound),
     }

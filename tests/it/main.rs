@@ -3,6 +3,7 @@
 
 mod batches;
 mod cluster;
+mod events;
 mod ingest;
 mod limits;
 mod linger;
