@@ -21,9 +21,11 @@ use crate::ports::Ports;
 use crate::ports::SealSignal;
 use crate::queue::ItemQueue;
 use crate::queue::adapters::{RedisQueue, TwoStepRedisQueue};
+use crate::runs::work::{RunsReady, StatusWriters};
 use crate::store::BatchStore;
 use crate::store::adapters::{PostgresStore, SqliteStore, sqlite};
 use crate::store::runs::RunStore;
+use crate::store::work::WorkStore;
 use crate::tasks::NamedTask;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +38,13 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// What the SQL store serves: batches, the queue (without Redis), runs, the event journal.
+/// What the SQL store serves: batches, the queue (without Redis), runs, their work (claims and
+/// completions), the event journal.
 type SqlPorts = (
     Arc<dyn BatchStore>,
     Arc<dyn ItemQueue>,
     Arc<dyn RunStore>,
+    Arc<dyn WorkStore>,
     Arc<dyn EventJournal>,
 );
 
@@ -54,6 +58,7 @@ pub struct App {
     /// Carries live events between nodes; `None` without Redis (one node, or streams of other
     /// nodes' events read the journal every few seconds).
     pub event_bus: Option<Arc<RedisEventBus>>,
+    pub work: Arc<dyn WorkStore>,
     pub keys: ApiKeys,
     /// The generated key of the embedded mode, when no keys were configured.
     pub dev_key: Option<String>,
@@ -86,17 +91,30 @@ impl App {
         };
 
         let mut embedded = None;
-        let (store, sql_queue, runs, journal): SqlPorts = match config.database_connect_url() {
+        let (store, sql_queue, runs, work, journal): SqlPorts = match config.database_connect_url()
+        {
             Some(url) => {
                 let store =
                     Arc::new(PostgresStore::connect(&url, config.database_pool_size()).await?);
-                (store.clone(), store.clone(), store.clone(), store)
+                (
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                    store,
+                )
             }
             None => {
                 tokio::fs::create_dir_all(&config.data_dir).await?;
                 let store = Arc::new(SqliteStore::open(&config.data_dir.join("sluice.db")).await?);
                 embedded = Some(store.clone());
-                (store.clone(), store.clone(), store.clone(), store)
+                (
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                    store,
+                )
             }
         };
         let queue: Arc<dyn ItemQueue> = match &config.redis_url {
@@ -123,6 +141,7 @@ impl App {
             runs,
             journal,
             event_bus,
+            work,
             keys,
             dev_key,
             embedded,
@@ -164,15 +183,20 @@ pub async fn serve(
         tokio::sync::mpsc::channel(crate::events::writer::QUEUE_CAPACITY);
     let progress = Arc::new(ProgressQueue::default());
     let hub = Arc::new(Hub::default());
+    let (status, status_tasks) =
+        StatusWriters::spawn(app.work.clone(), app.config.status_flush(), &shutdown);
     let ports = Ports {
         store: app.store,
         queue: app.queue,
         payloads: app.payloads,
         runs: app.runs,
+        work: app.work,
+        status,
         sealed: SealSignal::default(),
         events: Events::new(journal_queue, progress.clone()),
         journal: app.journal,
         hub: hub.clone(),
+        runs_ready: RunsReady::default(),
     };
     let live = LiveEvents {
         hub: hub.clone(),
@@ -227,6 +251,8 @@ pub async fn serve(
     crate::tasks::join_all(tasks).await;
     events_stop.cancel();
     crate::tasks::join_all(event_tasks).await;
+    // Last: the status flushers end once the requests holding them are gone, after a final flush.
+    crate::tasks::join_all(status_tasks).await;
     served
 }
 

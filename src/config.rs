@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::flusher::FlushSettings;
 use crate::payloads::adapters::S3Settings;
 use crate::queue::adapters::redis::Topology;
 use crate::runs::materialise::MaterialiseSettings;
@@ -224,6 +225,21 @@ pub struct Config {
     #[arg(long = "max-event-streams-per-tenant", env = "SLUICE_MAX_EVENT_STREAMS_PER_TENANT", value_name = "SLUICE_MAX_EVENT_STREAMS_PER_TENANT",
           default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_event_streams_per_tenant: u32,
+    /// Status writes (claims, heartbeats, completions) grouped into one transaction; `1` writes
+    /// each on its own.
+    #[arg(long = "status-flush-max-items", env = "SLUICE_STATUS_FLUSH_MAX_ITEMS", value_name = "SLUICE_STATUS_FLUSH_MAX_ITEMS",
+          default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub status_flush_max_items: u32,
+
+    /// Longest a status write waits for its group to fill before it is written.
+    #[arg(long = "status-flush-interval-ms", env = "SLUICE_STATUS_FLUSH_INTERVAL_MS", value_name = "SLUICE_STATUS_FLUSH_INTERVAL_MS",
+          default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub status_flush_interval_ms: u64,
+
+    /// How often runs whose lease expired are returned to pending (or failed).
+    #[arg(long = "lease-sweep-interval-ms", env = "SLUICE_LEASE_SWEEP_INTERVAL_MS", value_name = "SLUICE_LEASE_SWEEP_INTERVAL_MS",
+          default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub lease_sweep_interval_ms: u64,
 
     /// Benchmark reference only: enqueue each item as a per-item path does, one dedup command
     /// (`SADD`) and then one store command (`HSET`), two round trips per item, not atomic. Needs
@@ -281,6 +297,9 @@ impl Config {
             journal_flush_max_events: 16,
             journal_flush_interval_ms: 100,
             max_event_streams_per_tenant: 100,
+            status_flush_max_items: 1_000,
+            status_flush_interval_ms: 5,
+            lease_sweep_interval_ms: 1_000,
             bench_two_step_enqueue: false,
             api_keys: None,
         }
@@ -352,6 +371,18 @@ impl Config {
             chunk_items: self.materialise_chunk_items,
             pipeline_depth: self.materialise_pipeline_depth,
             lease: std::time::Duration::from_millis(self.materialise_lease_ms),
+        }
+    }
+
+    /// The status flushers' settings. Their queue holds a few groups, and at least two calls of
+    /// the most runs a call may report, so a full call is never turned away from an idle server.
+    pub fn status_flush(&self) -> FlushSettings {
+        let max_items = self.status_flush_max_items as usize;
+        FlushSettings {
+            max_items,
+            interval: std::time::Duration::from_millis(self.status_flush_interval_ms),
+            capacity: (4 * max_items).max(2 * crate::protocol::work::MAX_RUNS_PER_CALL),
+            shutdown_grace: std::time::Duration::from_millis(self.shutdown_grace_ms),
         }
     }
 

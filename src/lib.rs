@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod dependency;
 pub mod events;
+pub mod flusher;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;

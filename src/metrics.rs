@@ -195,3 +195,51 @@ pub fn event_publish_delay(elapsed: Duration) {
 pub fn event_streams_open(delta: f64) {
     gauge!("sluice_event_streams_open").increment(delta);
 }
+
+/// One flush of a status flusher: how many writes it grouped, how long it took, whether it
+/// committed.
+pub fn flush(flusher: &'static str, items: usize, elapsed: Duration, committed: bool) {
+    let outcome = if committed { "committed" } else { "failed" };
+    counter!("sluice_status_flushes_total", "flusher" => flusher, "outcome" => outcome)
+        .increment(1);
+    histogram!("sluice_status_flush_items", "flusher" => flusher).record(items as f64);
+    histogram!("sluice_status_flush_seconds", "flusher" => flusher).record(elapsed.as_secs_f64());
+}
+
+/// Runs handed to workers by claims.
+pub fn runs_claimed(count: usize) {
+    counter!("sluice_runs_claimed_total").increment(count as u64);
+}
+
+/// A worker's report of a run, by what it asked and what became of it.
+pub fn run_reported(
+    reported: &'static str,
+    result: &crate::store::work::Fenced<crate::store::work::Completed>,
+) {
+    use crate::store::work::Fenced;
+    let outcome = match result {
+        Fenced::Applied(done) => done.status.as_str(),
+        Fenced::LeaseLost => "LEASE_LOST",
+        Fenced::RunNotFound => "RUN_NOT_FOUND",
+    };
+    counter!("sluice_run_reports_total", "reported" => reported, "outcome" => outcome).increment(1);
+}
+
+/// Runs whose lease expired, returned for another attempt or failed.
+pub fn leases_expired(returned: u64, failed: u64) {
+    if returned > 0 {
+        counter!("sluice_leases_expired_total", "outcome" => "returned").increment(returned);
+    }
+    if failed > 0 {
+        counter!("sluice_leases_expired_total", "outcome" => "failed").increment(failed);
+    }
+}
+
+/// A batch turned final when its last run did.
+pub fn batch_finished(status: &str) {
+    let status = match status {
+        "COMPLETED" => "COMPLETED",
+        _ => "PARTIAL_FAILED",
+    };
+    counter!("sluice_batches_finished_total", "status" => status).increment(1);
+}

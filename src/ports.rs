@@ -1,6 +1,7 @@
 //! The ports the use cases work through, bundled: the batch store, the item queue, the payload
-//! store, the run store, and the batch events (the journal, its live fan-out, and the handle that
-//! reports changes). Adapters behind each are chosen by the wiring (`app.rs`).
+//! store, the run and work stores, the status writers over them, and the batch events (the
+//! journal, its live fan-out, and the handle that reports changes). Adapters behind each are
+//! chosen by the wiring (`app.rs`).
 
 use std::sync::Arc;
 
@@ -10,8 +11,10 @@ use crate::events::live::Hub;
 use crate::events::{EventJournal, Events};
 use crate::payloads::PayloadStore;
 use crate::queue::ItemQueue;
+use crate::runs::work::{RunsReady, StatusWriters};
 use crate::store::BatchStore;
 use crate::store::runs::RunStore;
+use crate::store::work::WorkStore;
 
 #[derive(Clone)]
 pub struct Ports {
@@ -19,8 +22,13 @@ pub struct Ports {
     pub queue: Arc<dyn ItemQueue>,
     pub payloads: Arc<dyn PayloadStore>,
     pub runs: Arc<dyn RunStore>,
+    pub work: Arc<dyn WorkStore>,
+    /// Every status write (claims, heartbeats, completions) goes through these.
+    pub status: StatusWriters,
     /// Wakes this node's materialiser when a batch is sealed here.
     pub sealed: SealSignal,
+    /// Wakes this node's waiting claims when runs may have become claimable.
+    pub runs_ready: RunsReady,
     /// Where changes of batches and runs are reported, for the batches' event streams.
     pub events: Events,
     /// The batches' event journals, which streams replay.

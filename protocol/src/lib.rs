@@ -12,3 +12,4 @@ pub mod quote;
 pub mod runs;
 pub mod stored;
 pub mod wire;
+pub mod work;

@@ -16,6 +16,7 @@ pub mod rate_limit;
 pub mod runs;
 pub mod state;
 pub mod trigger;
+pub mod workers;
 
 use std::any::Any;
 use std::time::Instant;
@@ -97,6 +98,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v3/batches/{id}/cancel", post(batches::cancel_batch))
         .route("/api/v3/batches/{id}/runs", get(runs::list_runs))
         .route("/api/v3/batches/{id}/events", get(events::batch_events))
+        .route("/api/v3/runs/claim", post(workers::claim))
+        .route("/api/v3/runs/heartbeat", post(workers::heartbeat))
+        .route(
+            "/api/v3/runs/complete",
+            post(workers::complete).layer(DefaultBodyLimit::max(workers::MAX_COMPLETE_BODY_BYTES)),
+        )
         .route("/api/v3/runs/{id}", get(runs::get_run))
         .route("/api/v3/runs/{id}/payload", get(runs::get_run_payload))
         .route("/api/v2/batches/{id}", get(trigger::get_batch_v2))

@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::state::ApiState;
 use crate::protocol::runs::{Page, RunErrorBody, RunResponse};
 use crate::runs::id::run_id;
-use crate::runs::read::{self, is_offloaded};
+use crate::runs::read::{self, offloaded_payload_url};
 use crate::store::runs::Run;
 
 /// The `{id}` of a run route. A string no run id can be is an unknown run.
@@ -33,7 +33,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RunId {
 }
 
 /// Stored JSON text back as raw JSON; text that is not JSON (never written by Sluice) is left out.
-fn raw_json(text: Option<&[u8]>) -> Option<Box<RawValue>> {
+pub fn raw_json(text: Option<&[u8]>) -> Option<Box<RawValue>> {
     let text = std::str::from_utf8(text?).ok()?;
     RawValue::from_string(text.to_owned()).ok()
 }
@@ -42,9 +42,8 @@ fn raw_json(text: Option<&[u8]>) -> Option<Box<RawValue>> {
 /// given as the URL it is read from.
 pub fn run_response(run: Run, with_payload: bool) -> RunResponse {
     let id = run_id(&run.batch_id, run.index);
-    let offloaded = is_offloaded(&run);
-    let payload_url = offloaded.then(|| format!("/api/v3/runs/{id}/payload"));
-    let payload = (with_payload && !offloaded)
+    let payload_url = offloaded_payload_url(&run.payload_type, &id);
+    let payload = (with_payload && payload_url.is_none())
         .then(|| raw_json(run.payload.as_deref()))
         .flatten();
     RunResponse {

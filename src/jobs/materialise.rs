@@ -14,6 +14,7 @@ use crate::events::Events;
 use crate::ports::SealSignal;
 use crate::queue::ItemQueue;
 use crate::runs::materialise::{MaterialiseSettings, Pass, materialise_next};
+use crate::runs::work::RunsReady;
 use crate::store::runs::RunStore;
 use crate::tasks::{self, NamedTask};
 
@@ -25,6 +26,7 @@ pub fn spawn(
     queue: Arc<dyn ItemQueue>,
     signal: SealSignal,
     events: Events,
+    ready: RunsReady,
     settings: MaterialiseSettings,
     shutdown: CancellationToken,
 ) -> Vec<NamedTask> {
@@ -66,7 +68,7 @@ pub fn spawn(
                 // A pass cut here loses nothing: its chunk either committed with its checkpoint
                 // or not at all, and its claim expires for another pass to go on.
                 () = shutdown.cancelled() => return,
-                () = materialise_waiting(&runs, &queue, &events, settings) => {}
+                () = materialise_waiting(&runs, &queue, &events, &ready, settings) => {}
             }
         }
     });
@@ -84,10 +86,11 @@ async fn materialise_waiting(
     runs: &Arc<dyn RunStore>,
     queue: &Arc<dyn ItemQueue>,
     events: &Events,
+    ready: &RunsReady,
     settings: MaterialiseSettings,
 ) {
     loop {
-        match materialise_next(runs, queue, events, settings).await {
+        match materialise_next(runs, queue, events, ready, settings).await {
             Ok(Pass::Idle) => return,
             Ok(Pass::Done {
                 batch_id,

@@ -3,6 +3,7 @@
 //! never the HTTP layer's state.
 
 mod expire;
+mod lease_sweep;
 mod materialise;
 
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,14 @@ pub fn spawn(config: &Config, ports: &Ports, shutdown: &CancellationToken) -> Ve
         ports.queue.clone(),
         ports.sealed.clone(),
         ports.events.clone(),
+        ports.runs_ready.clone(),
         config.materialise(),
+        shutdown.clone(),
+    ));
+    jobs.push(lease_sweep::spawn(
+        ports.work.clone(),
+        ports.runs_ready.clone(),
+        std::time::Duration::from_millis(config.lease_sweep_interval_ms),
         shutdown.clone(),
     ));
     jobs

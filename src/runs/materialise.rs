@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::decode::decode_chunk;
+use super::work::RunsReady;
 use crate::dependency::DependencyError;
 use crate::events::{Events, RunEvent};
 use crate::queue::ItemQueue;
@@ -49,6 +50,14 @@ pub enum MaterialiseError {
     Dependency(#[from] DependencyError),
     #[error("the chunk reader of batch {0} stopped before its last chunk")]
     ReaderStopped(String),
+    /// A read or a commit took longer than the claim's lease: the pass gives the batch up rather
+    /// than hold it (and this node's materialiser) while another node could go on.
+    #[error("{step} of batch {batch_id} took longer than the claim's lease ({lease:?})")]
+    TimedOut {
+        step: &'static str,
+        batch_id: String,
+        lease: Duration,
+    },
 }
 
 /// What one pass did.
@@ -74,6 +83,7 @@ pub async fn materialise_next(
     runs: &Arc<dyn RunStore>,
     queue: &Arc<dyn ItemQueue>,
     events: &Events,
+    ready: &RunsReady,
     settings: MaterialiseSettings,
 ) -> Result<Pass, MaterialiseError> {
     let token = format!("{:032x}", rand::random::<u128>());
@@ -87,7 +97,9 @@ pub async fn materialise_next(
     let started_at = claim.next_index;
     let runs_written = claim.run_count - started_at;
     let result = async {
-        if write_runs(&claim, runs, queue, events, settings).await? == ChunkCommitted::ClaimLost {
+        if write_runs(&claim, runs, queue, events, ready, settings).await?
+            == ChunkCommitted::ClaimLost
+        {
             return Ok(Pass::ClaimLost {
                 batch_id: claim.batch_id.clone(),
             });
@@ -154,7 +166,7 @@ fn chunk_ranges(next: u32, run_count: u32, chunk_items: u32) -> Vec<(u32, u32)> 
         .collect()
 }
 
-type Prepared = Result<RunChunk, DependencyError>;
+type Prepared = Result<RunChunk, MaterialiseError>;
 
 /// Writes the runs from the claim's checkpoint to the end: a reader task reads and decodes chunks
 /// ahead while this task commits them in order. A chunk holds one of `pipeline_depth` permits from
@@ -165,24 +177,35 @@ async fn write_runs(
     runs: &Arc<dyn RunStore>,
     queue: &Arc<dyn ItemQueue>,
     events: &Events,
+    ready: &RunsReady,
     settings: MaterialiseSettings,
 ) -> Result<ChunkCommitted, MaterialiseError> {
     let ranges = chunk_ranges(claim.next_index, claim.run_count, settings.chunk_items);
     let depth = settings.pipeline_depth.max(1) as usize;
     let permits = Arc::new(Semaphore::new(depth));
-    let (chunks, mut ready) = mpsc::channel::<(Prepared, tokio::sync::OwnedSemaphorePermit)>(depth);
+    let (chunks, mut prepared) =
+        mpsc::channel::<(Prepared, tokio::sync::OwnedSemaphorePermit)>(depth);
     let reader = {
         let queue = queue.clone();
         let batch_id = claim.batch_id.clone();
+        let lease = settings.lease;
         tokio::spawn(async move {
             for (first, last) in ranges {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
-                let prepared = queue
-                    .items_in_range(&batch_id, first, last)
-                    .await
-                    .map(|bodies| decode_chunk(first, &bodies));
+                let read =
+                    tokio::time::timeout(lease, queue.items_in_range(&batch_id, first, last));
+                let prepared = match read.await {
+                    Ok(read) => read
+                        .map(|bodies| decode_chunk(first, &bodies))
+                        .map_err(MaterialiseError::from),
+                    Err(_) => Err(MaterialiseError::TimedOut {
+                        step: "a chunk read",
+                        batch_id: batch_id.clone(),
+                        lease,
+                    }),
+                };
                 let failed = prepared.is_err();
                 if chunks.send((prepared, permit)).await.is_err() || failed {
                     return;
@@ -190,7 +213,8 @@ async fn write_runs(
             }
         })
     };
-    let committed = commit_in_order(claim, runs, events, &mut ready, settings.lease).await;
+    let committed =
+        commit_in_order(claim, runs, events, &mut prepared, ready, settings.lease).await;
     reader.abort();
     committed
 }
@@ -199,22 +223,31 @@ async fn commit_in_order(
     claim: &MaterialiseClaim,
     runs: &Arc<dyn RunStore>,
     events: &Events,
-    ready: &mut mpsc::Receiver<(Prepared, tokio::sync::OwnedSemaphorePermit)>,
+    prepared: &mut mpsc::Receiver<(Prepared, tokio::sync::OwnedSemaphorePermit)>,
+    ready: &RunsReady,
     lease: Duration,
 ) -> Result<ChunkCommitted, MaterialiseError> {
     let mut next = claim.next_index;
-    while let Some((prepared, permit)) = ready.recv().await {
-        let chunk = prepared?;
+    while let Some((chunk, permit)) = prepared.recv().await {
+        let chunk = chunk?;
         let started = Instant::now();
         let now = now_millis();
-        let committed = runs
-            .commit_chunk(claim, &chunk, now, now + millis(lease))
-            .await?;
+        let committed = tokio::time::timeout(
+            lease,
+            runs.commit_chunk(claim, &chunk, now, now + millis(lease)),
+        )
+        .await
+        .map_err(|_| MaterialiseError::TimedOut {
+            step: "a chunk commit",
+            batch_id: claim.batch_id.clone(),
+            lease,
+        })??;
         drop(permit);
         if committed == ChunkCommitted::ClaimLost {
             return Ok(committed);
         }
         crate::metrics::chunk_committed(started.elapsed(), chunk.len());
+        ready.runs_added();
         next += chunk.len() as u32;
         report_chunk(claim, &chunk, events).await;
     }

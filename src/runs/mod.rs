@@ -7,6 +7,7 @@ pub mod decode;
 pub mod id;
 pub mod materialise;
 pub mod read;
+pub mod work;
 
 use crate::dependency::DependencyError;
 use crate::store::BatchStatus;

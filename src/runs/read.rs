@@ -62,6 +62,11 @@ pub fn is_offloaded(run: &Run) -> bool {
     run.payload_type == OFFLOADED_PAYLOAD_TYPE
 }
 
+/// Where a run's offloaded payload is read; `None` when its payload is inline.
+pub fn offloaded_payload_url(payload_type: &str, run_id: &str) -> Option<String> {
+    (payload_type == OFFLOADED_PAYLOAD_TYPE).then(|| format!("/api/v3/runs/{run_id}/payload"))
+}
+
 /// The run's payload bytes: its JSON as sent, read from object storage when offloaded.
 pub async fn run_payload(ports: &Ports, tenant: &str, id: &str) -> Result<Bytes, RunsError> {
     let run = find_run(ports, tenant, id).await?;

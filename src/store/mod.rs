@@ -5,6 +5,7 @@
 
 pub mod adapters;
 pub mod runs;
+pub mod work;
 
 use async_trait::async_trait;
 

@@ -8,6 +8,7 @@ mod row;
 mod runs;
 mod sql;
 pub mod sqlite;
+mod work;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use sqlx::{Postgres, Sqlite, Transaction};
 
 use super::row::{BATCH_COLUMNS, BatchRow};
+use super::work::FINISH_IF_ALL_FINAL;
 use super::{PostgresStore, SqliteStore};
 use crate::dependency::DependencyError;
 use crate::store::runs::{
@@ -45,14 +46,6 @@ fn claim_statement(lock: &str) -> String {
 /// chunk starts; answers the batch's status (a canceled batch's runs are written canceled).
 const ADVANCE: &str = "UPDATE batches SET materialised_count = $3, materialiser_lease_until = $4 \
      WHERE id = $1 AND materialiser = $2 AND materialised_count = $5 RETURNING status";
-
-/// Once every run is written: a batch whose runs are all final already (every item failed) is
-/// final too.
-const FINISH_IF_ALL_FINAL: &str = "UPDATE batches SET completed_at = $2, status = CASE \
-     WHEN EXISTS (SELECT 1 FROM runs WHERE batch_id = $1 AND status <> 'COMPLETED') \
-     THEN 'PARTIAL_FAILED' ELSE 'COMPLETED' END \
-     WHERE id = $1 AND status = 'PROCESSING' AND NOT EXISTS \
-     (SELECT 1 FROM runs WHERE batch_id = $1 AND status IN ('PENDING', 'CLAIMED'))";
 
 #[derive(Debug, sqlx::FromRow)]
 struct RunRow {

@@ -1,0 +1,51 @@
+//! Returns runs whose lease expired: back to `PENDING` with one more attempt, or `FAILED`
+//! (`LEASE_EXPIRED`) when their attempts are used.
+//!
+//! Each tick sweeps in bounded groups (`FOR UPDATE SKIP LOCKED` on Postgres), so any number of
+//! nodes may run it at once and none waits for another; a tick stops after a few groups so a huge
+//! backlog never holds a connection for long (the next tick goes on).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::runs::work::RunsReady;
+use crate::store::now_millis;
+use crate::store::work::WorkStore;
+use crate::tasks::{self, NamedTask};
+
+/// Runs returned per transaction.
+const SWEEP_GROUP: u32 = 1_000;
+/// Groups per tick at most.
+const GROUPS_PER_TICK: u32 = 10;
+
+pub fn spawn(
+    work: Arc<dyn WorkStore>,
+    ready: RunsReady,
+    period: Duration,
+    shutdown: CancellationToken,
+) -> NamedTask {
+    tasks::every("lease-sweep", period, period / 2, shutdown, move || {
+        let (work, ready) = (work.clone(), ready.clone());
+        async move {
+            for _ in 0..GROUPS_PER_TICK {
+                match work.sweep_expired_leases(now_millis(), SWEEP_GROUP).await {
+                    Ok(swept) => {
+                        crate::metrics::leases_expired(swept.returned, swept.failed);
+                        if swept.returned > 0 {
+                            ready.runs_added();
+                        }
+                        if swept.returned + swept.failed < u64::from(SWEEP_GROUP) {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not sweep expired leases");
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
