@@ -21,6 +21,7 @@ use crate::ports::Ports;
 use crate::ports::SealSignal;
 use crate::queue::ItemQueue;
 use crate::queue::adapters::{RedisQueue, TwoStepRedisQueue};
+use crate::runs::batches::ViewPorts;
 use crate::runs::work::{RunsReady, StatusWriters};
 use crate::store::BatchStore;
 use crate::store::adapters::{PostgresStore, SqliteStore, sqlite};
@@ -183,8 +184,13 @@ pub async fn serve(
         tokio::sync::mpsc::channel(crate::events::writer::QUEUE_CAPACITY);
     let progress = Arc::new(ProgressQueue::default());
     let hub = Arc::new(Hub::default());
-    let (status, status_tasks) =
-        StatusWriters::spawn(app.work.clone(), app.config.status_flush(), &shutdown);
+    let events = Events::new(journal_queue, progress.clone());
+    let (status, status_tasks) = StatusWriters::spawn(
+        app.work.clone(),
+        events.clone(),
+        app.config.status_flush(),
+        &shutdown,
+    );
     let ports = Ports {
         store: app.store,
         queue: app.queue,
@@ -193,7 +199,7 @@ pub async fn serve(
         work: app.work,
         status,
         sealed: SealSignal::default(),
-        events: Events::new(journal_queue, progress.clone()),
+        events,
         journal: app.journal,
         hub: hub.clone(),
         runs_ready: RunsReady::default(),
@@ -210,7 +216,7 @@ pub async fn serve(
         events_stop.clone(),
     ));
     event_tasks.push(crate::events::progress::spawn(
-        ports.clone(),
+        ViewPorts::of(&ports),
         app.config.seal_timeout_ms,
         ports.events.clone(),
         progress,
@@ -249,10 +255,11 @@ pub async fn serve(
     .await;
     shutdown.cancel();
     crate::tasks::join_all(tasks).await;
+    // The status flushers end once the requests holding them are gone, after a final flush.
+    crate::tasks::join_all(status_tasks).await;
+    // Last: the events of that final flush are written too.
     events_stop.cancel();
     crate::tasks::join_all(event_tasks).await;
-    // Last: the status flushers end once the requests holding them are gone, after a final flush.
-    crate::tasks::join_all(status_tasks).await;
     served
 }
 

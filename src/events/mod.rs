@@ -214,6 +214,13 @@ impl Events {
         self.progress.changed(tenant, batch_id, false);
     }
 
+    /// Some of the batch's runs turned final (after their `run_final` calls): if that made the
+    /// batch final, its final event follows as for `batch_status`; otherwise its progress does.
+    /// Costs one read of the batch's row, not of its counts.
+    pub fn runs_turned_final(&self, tenant: &str, batch_id: &str) {
+        self.progress.runs_turned_final(tenant, batch_id);
+    }
+
     /// The batch's status changed (sealed, or final): its `batch` event is made at once. A final
     /// status's event is the journal's last, and it is committed before any stream sends it.
     pub fn batch_status(&self, tenant: &str, batch_id: &str) {

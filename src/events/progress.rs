@@ -11,11 +11,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{EventKind, Events, NewEvent};
-use crate::ports::Ports;
 use crate::protocol::wire::RunCounts;
 use crate::runs::RunsError;
-use crate::runs::batches::{BatchView, batch_view};
-use crate::store::BatchStatus;
+use crate::runs::batches::{BatchView, ViewPorts, batch_view_over};
+use crate::store::{BatchStatus, now_millis};
 use crate::tasks::NamedTask;
 
 /// How often a changing batch gets a progress event, at most.
@@ -51,6 +50,8 @@ pub fn is_final(status: BatchStatus) -> bool {
 pub struct ProgressQueue {
     /// Batch id → (tenant, status changed).
     due: Mutex<HashMap<String, (String, bool)>>,
+    /// Batch id → tenant: some of its runs turned final, so it may have too.
+    maybe_final: Mutex<HashMap<String, String>>,
     status_changed: Notify,
 }
 
@@ -68,6 +69,22 @@ impl ProgressQueue {
         if status {
             self.status_changed.notify_one();
         }
+    }
+
+    pub fn runs_turned_final(&self, tenant: &str, batch_id: &str) {
+        self.maybe_final
+            .lock()
+            .expect("never poisoned")
+            .insert(batch_id.to_owned(), tenant.to_owned());
+        self.status_changed.notify_one();
+    }
+
+    fn take_maybe_final(&self) -> Vec<(String, String)> {
+        self.maybe_final
+            .lock()
+            .expect("never poisoned")
+            .drain()
+            .collect()
     }
 
     /// Takes the batches due now: every one at a tick, those with a status change otherwise.
@@ -127,7 +144,7 @@ impl BatchEventData {
 
 /// Makes the batch events of this node until `stop`; then makes those still due and returns.
 pub fn spawn(
-    ports: Ports,
+    ports: ViewPorts,
     seal_timeout_ms: u64,
     events: Events,
     queue: Arc<ProgressQueue>,
@@ -144,6 +161,7 @@ pub fn spawn(
                 () = stop.cancelled() => {
                     // Nothing can report a change any more: final events are due now.
                     finals.clear();
+                    check_final(&ports, seal_timeout_ms, &queue).await;
                     let due = queue.take(true);
                     let mut now_due = Vec::new();
                     for (batch, tenant, _) in due {
@@ -155,6 +173,7 @@ pub fn spawn(
                 () = queue.status_changed.notified() => false,
                 _ = ticks.tick() => true,
             };
+            check_final(&ports, seal_timeout_ms, &queue).await;
             make_events(
                 &ports,
                 seal_timeout_ms,
@@ -176,6 +195,23 @@ pub fn spawn(
     }
 }
 
+/// A batch some of whose runs turned final has its status read (one row): if it is final now,
+/// its final event is due as for a reported status change; otherwise its progress is, at the
+/// next tick.
+async fn check_final(ports: &ViewPorts, seal_timeout_ms: u64, queue: &ProgressQueue) {
+    for (batch_id, tenant) in queue.take_maybe_final() {
+        let status = match ports.store.batch(&tenant, &batch_id).await {
+            Ok(Some(batch)) => batch.effective_status(seal_timeout_ms as i64, now_millis()),
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(batch = %batch_id, %error, "could not read a batch's status for its events");
+                BatchStatus::Processing
+            }
+        };
+        queue.changed(&tenant, &batch_id, is_final(status));
+    }
+}
+
 /// A batch seen final, whose final event waits.
 struct FinalSeen {
     seen_at: Instant,
@@ -193,7 +229,7 @@ impl FinalSeen {
 
 #[allow(clippy::too_many_arguments)]
 async fn make_events(
-    ports: &Ports,
+    ports: &ViewPorts,
     seal_timeout_ms: u64,
     events: &Events,
     due: Vec<(String, String, bool)>,
@@ -202,7 +238,7 @@ async fn make_events(
     stopping: bool,
 ) {
     for (batch_id, tenant, status_changed) in due {
-        let view = match batch_view(ports, &tenant, &batch_id, seal_timeout_ms).await {
+        let view = match batch_view_over(ports, &tenant, &batch_id, seal_timeout_ms).await {
             Ok(view) => view,
             Err(RunsError::BatchNotFound) => continue,
             Err(error) => {

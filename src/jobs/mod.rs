@@ -32,6 +32,7 @@ pub fn spawn(config: &Config, ports: &Ports, shutdown: &CancellationToken) -> Ve
     jobs.push(lease_sweep::spawn(
         ports.work.clone(),
         ports.runs_ready.clone(),
+        ports.events.clone(),
         std::time::Duration::from_millis(config.lease_sweep_interval_ms),
         shutdown.clone(),
     ));

@@ -491,3 +491,151 @@ async fn a_thousand_subscribers_on_one_node_each_get_every_event() {
     );
     assert!(added_mib < 100, "{added_mib} MiB");
 }
+
+/// A worker: claims runs and reports each `COMPLETED`, or `FAILED` when its index is a multiple
+/// of 10, until `runs` were reported; answers when each report was sent, by run index.
+async fn work_through(
+    api: &Api,
+    task: &str,
+    runs: u32,
+) -> std::collections::HashMap<u64, std::time::Instant> {
+    let mut sent = std::collections::HashMap::new();
+    while sent.len() < runs as usize {
+        let claimed: Value = api
+            .client
+            .post(api.url("/api/v3/runs/claim"))
+            .bearer_auth(KEY)
+            .json(&serde_json::json!({ "tasks": [task], "limit": 50, "waitMs": 1000 }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let claimed = claimed["runs"].as_array().unwrap().clone();
+        let reports: Vec<Value> = claimed
+            .iter()
+            .map(|run| {
+                let index = run["index"].as_u64().unwrap();
+                let mut report = serde_json::json!({
+                    "id": run["id"], "leaseId": run["leaseId"], "status": "COMPLETED",
+                });
+                if index % 10 == 0 {
+                    report["status"] = "FAILED".into();
+                    report["error"] = serde_json::json!({ "code": "BOOM", "message": format!("run {index} failed") });
+                }
+                report
+            })
+            .collect();
+        if reports.is_empty() {
+            continue;
+        }
+        let at = std::time::Instant::now();
+        let response = api
+            .client
+            .post(api.url("/api/v3/runs/complete"))
+            .bearer_auth(KEY)
+            .json(&serde_json::json!({ "runs": reports }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        for run in &claimed {
+            sent.insert(run["index"].as_u64().unwrap(), at);
+        }
+    }
+    sent
+}
+
+/// Reads every event of the batch, reconnecting at random, and notes when each run event came.
+async fn watch_runs(
+    api: Api,
+    id: String,
+) -> (
+    Vec<SseEvent>,
+    std::collections::HashMap<u64, std::time::Instant>,
+) {
+    let mut events = Vec::new();
+    let mut arrived = std::collections::HashMap::new();
+    loop {
+        let at_most = rand::rng().random_range(1..=400);
+        let last = events.last().map(|event: &SseEvent| event.id);
+        let before = events.len();
+        let end = api.read_events(&id, "", last, at_most, &mut events).await;
+        for event in &events[before..] {
+            if event.event == "run" {
+                arrived.insert(
+                    event.data["index"].as_u64().unwrap(),
+                    std::time::Instant::now(),
+                );
+            }
+        }
+        if end == End::Closed {
+            return (events, arrived);
+        }
+    }
+}
+
+fn p99_millis(
+    sent: &std::collections::HashMap<u64, std::time::Instant>,
+    arrived: &std::collections::HashMap<u64, std::time::Instant>,
+) -> u128 {
+    let mut delays: Vec<u128> = sent
+        .iter()
+        .map(|(index, at)| arrived[index].saturating_duration_since(*at).as_millis())
+        .collect();
+    delays.sort_unstable();
+    delays[delays.len() * 99 / 100]
+}
+
+async fn runs_reported_by_workers_reach_the_stream(producer: &TestServer, watcher: &TestServer) {
+    const RUNS: u32 = 2_000;
+    let id = producer.new_batch(RUNS).await;
+    let reader = tokio::spawn(watch_runs(Api::new(watcher.base.clone()), id.clone()));
+    // A task of this test's own: other tests' runs of the same tenant are never claimed here.
+    let task = format!("events-{:016x}", rand::random::<u64>());
+    let body: Vec<u8> = (0..RUNS)
+        .flat_map(|index| format!("{{\"index\":{index},\"task\":\"{task}\"}}\n").into_bytes())
+        .collect();
+    let (status, body) = producer.stream(&id, body).await;
+    assert_eq!(body["sealed"], true, "{status}: {body}");
+    let sent = work_through(producer, &task, RUNS).await;
+    let (events, arrived) = reader.await.unwrap();
+    assert_journal_order(&events);
+    assert_every_run(&events, RUNS);
+    let failed = events
+        .iter()
+        .find(|event| event.event == "run" && event.data["index"] == 10)
+        .unwrap();
+    assert_eq!(failed.data["status"], "FAILED");
+    assert_eq!(failed.data["error"]["code"], "BOOM");
+    assert_eq!(failed.data["attempt"], 1);
+    let completed = events
+        .iter()
+        .find(|event| event.event == "run" && event.data["index"] == 11)
+        .unwrap();
+    assert_eq!(completed.data["status"], "COMPLETED");
+    assert!(completed.data.get("error").is_none(), "{completed:?}");
+    let last = &events.last().unwrap().data;
+    assert_eq!(last["status"], "PARTIAL_FAILED");
+    assert_eq!(last["counts"]["completed"], 1_800);
+    assert_eq!(last["counts"]["failed"], 200);
+    println!(
+        "{RUNS} runs: p99 from sending a report to its run event at a subscriber: {} ms (debug build)",
+        p99_millis(&sent, &arrived)
+    );
+}
+
+#[apply(both_modes)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_completed_by_workers_stream_their_events(#[case] mode: Mode) {
+    let server = TestServer::start(mode).await;
+    runs_reported_by_workers_reach_the_stream(&server, &server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_completed_on_one_node_stream_from_another() {
+    let a = TestServer::start(Mode::Production).await;
+    let b = TestServer::start(Mode::Production).await;
+    runs_reported_by_workers_reach_the_stream(&a, &b).await;
+}
