@@ -234,6 +234,20 @@ impl<F: Flush> FlushTask<F> {
                     let _ = reply.send(Ok(outcome));
                 }
             }
+            // A write refused for what it holds (not for the store being down) may be refused
+            // for one item alone: the others are written one by one, so they are not refused too.
+            Err(error) if !error.is_unavailable() && items.len() > 1 => {
+                tracing::error!(flusher = self.name, %error, items = items.len(), "a grouped flush was refused; writing its items one by one");
+                for (item, reply) in items.iter().zip(replies) {
+                    let alone = self.flush.flush(std::slice::from_ref(item)).await;
+                    let answer = match alone {
+                        Ok(mut outcomes) if outcomes.len() == 1 => Ok(outcomes.remove(0)),
+                        Ok(_) => Err(unavailable(self.name, "the store answered no outcome")),
+                        Err(error) => Err(unavailable(self.name, &error)),
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
             Err(error) => {
                 tracing::error!(flusher = self.name, %error, items = items.len(), "a flush failed; its callers are told to retry");
                 if error.is_unavailable() {

@@ -26,6 +26,8 @@ enum Command {
     Serve(Box<Config>),
     /// Stream an NDJSON file (or stdin) into a new batch and retry until it is sealed.
     Send(sluice::cli::send::SendArgs),
+    /// Claim runs of a task and run a command once per run, reporting each result.
+    Work(sluice::cli::work::WorkArgs),
     /// Load-test a running server with generated batches.
     Bench(sluice::cli::bench::BenchArgs),
 }
@@ -94,10 +96,13 @@ async fn main() -> std::process::ExitCode {
     let cli = match cli.command {
         Some(Command::Send(args)) => return sluice::cli::send::run(args).await,
         Some(Command::Bench(args)) => return sluice::cli::bench::run(args).await,
+        Some(Command::Work(args)) => return sluice::cli::work::run(args).await,
         _ => cli,
     };
     let config = match cli.command {
-        Some(Command::Send(_) | Command::Bench(_)) => unreachable!("handled above"),
+        Some(Command::Send(_) | Command::Bench(_) | Command::Work(_)) => {
+            unreachable!("handled above")
+        }
         Some(Command::Serve(config)) => *config,
         None => match Cli::try_parse_from(["sluice", "serve"]) {
             Ok(Cli {

@@ -3,3 +3,4 @@
 
 pub mod bench;
 pub mod send;
+pub mod work;

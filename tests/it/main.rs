@@ -14,3 +14,4 @@ mod runs;
 mod send;
 mod shutdown;
 mod support;
+mod workers;

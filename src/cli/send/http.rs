@@ -166,7 +166,7 @@ impl Api {
     }
 }
 
-async fn read_answer<T: for<'de> Deserialize<'de>>(
+pub(crate) async fn read_answer<T: for<'de> Deserialize<'de>>(
     response: reqwest::Response,
 ) -> Result<T, CallError> {
     let status = response.status();

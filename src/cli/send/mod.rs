@@ -6,7 +6,7 @@
 
 mod body;
 mod error;
-mod http;
+pub(crate) mod http;
 mod input;
 mod lines;
 mod progress;
