@@ -3,6 +3,7 @@
 
 mod batches;
 mod cluster;
+mod dashboard;
 mod events;
 mod ingest;
 mod limits;
