@@ -169,3 +169,124 @@ async fn one_by_one(journal: &dyn EventJournal, events: &[NewEvent]) -> Vec<Opti
     }
     stored
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::dependency::DependencyError;
+    use crate::events::live::Hub;
+    use crate::events::{EventKind, JournalEnd};
+    use crate::store::Millis;
+
+    /// A journal that numbers events per batch and remembers each append's size.
+    #[derive(Default)]
+    struct Recorded {
+        appends: Mutex<Vec<usize>>,
+        next: Mutex<u64>,
+    }
+
+    #[async_trait]
+    impl EventJournal for Recorded {
+        async fn append(
+            &self,
+            events: &[NewEvent],
+            _now: Millis,
+        ) -> Result<Vec<Option<StoredEvent>>, AppendError> {
+            self.appends.lock().unwrap().push(events.len());
+            let mut next = self.next.lock().unwrap();
+            Ok(events
+                .iter()
+                .map(|event| {
+                    *next += 1;
+                    Some(StoredEvent {
+                        batch_id: event.batch_id.to_string(),
+                        seq: *next,
+                        kind: event.kind,
+                        run_status: None,
+                        terminal: event.terminal,
+                        data: event.data.clone(),
+                    })
+                })
+                .collect())
+        }
+
+        async fn append_one(
+            &self,
+            _event: &NewEvent,
+            _now: Millis,
+        ) -> Result<Option<StoredEvent>, DependencyError> {
+            unreachable!("no conflict here")
+        }
+
+        async fn read(&self, _: &str, _: u64, _: u32) -> Result<Vec<StoredEvent>, DependencyError> {
+            Ok(Vec::new())
+        }
+
+        async fn end(&self, _: &str) -> Result<JournalEnd, DependencyError> {
+            Ok(JournalEnd::default())
+        }
+    }
+
+    fn event(terminal: bool) -> NewEvent {
+        NewEvent {
+            batch_id: Arc::from("batch_a"),
+            kind: EventKind::Batch,
+            run_status: None,
+            terminal,
+            data: "{}".into(),
+            queued_at: Instant::now(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flushes_on_size_on_time_on_a_terminal_event_and_at_stop() {
+        let journal = Arc::new(Recorded::default());
+        let hub = Arc::new(Hub::default());
+        let mut watching = hub.subscribe("batch_a");
+        let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
+        let stop = CancellationToken::new();
+        let settings = WriterSettings {
+            flush_max_events: 16,
+            flush_interval: Duration::from_millis(100),
+        };
+        let live = LiveEvents {
+            hub: hub.clone(),
+            bus: None,
+        };
+        let task = spawn(journal.clone(), live, queued, settings, stop.clone());
+        let appends = || journal.appends.lock().unwrap().clone();
+
+        // Size: 16 waiting start a flush at once.
+        for _ in 0..16 {
+            queue.send(event(false)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(appends(), vec![16]);
+        // Time: one event waits the interval, no longer.
+        queue.send(event(false)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(99)).await;
+        assert_eq!(appends(), vec![16]);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(appends(), vec![16, 1]);
+        // Lifecycle: a terminal event is written at once, with what waits before it.
+        queue.send(event(false)).await.unwrap();
+        queue.send(event(true)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(appends(), vec![16, 1, 2]);
+        // Stop: what is queued is written before the writer ends.
+        queue.send(event(false)).await.unwrap();
+        stop.cancel();
+        task.handle.await.unwrap();
+        assert_eq!(appends(), vec![16, 1, 2, 1]);
+        // Every committed event was published, in order.
+        let mut seqs = Vec::new();
+        while let Ok(event) = watching.receiver().try_recv() {
+            seqs.push(event.seq);
+        }
+        assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    }
+}
