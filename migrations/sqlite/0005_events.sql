@@ -1,7 +1,7 @@
 -- The batch event journal: what a batch's event stream replays. seq is the batch's event
--- sequence number, gap-free from 1, allocated from batches.event_seq in the transaction that
+-- sequence number, gap-free from 1, allocated from batch_event_seqs in the transaction that
 -- writes the rows. The batch event that made the batch final is the journal's last row
--- (batches.events_closed is set with it and no row is allocated after it).
+-- (batch_event_seqs.closed is set with it and no number is allocated after it).
 CREATE TABLE batch_events (
     batch_id   TEXT NOT NULL,
     seq        BIGINT NOT NULL,
@@ -17,5 +17,11 @@ CREATE TABLE batch_events (
     PRIMARY KEY (batch_id, seq)
 );
 
-ALTER TABLE batches ADD COLUMN event_seq BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE batches ADD COLUMN events_closed BOOLEAN NOT NULL DEFAULT FALSE;
+-- Each batch's last allocated sequence number. A table of its own, not a column of batches: the
+-- allocation locks its row until the journal's commit, and the batch row is locked by run
+-- completions and the materialiser, which the journal writer must not wait for.
+CREATE TABLE batch_event_seqs (
+    batch_id TEXT PRIMARY KEY,
+    last_seq BIGINT NOT NULL,
+    closed   BOOLEAN NOT NULL DEFAULT FALSE
+);

@@ -1,11 +1,12 @@
 //! The event journal as both SQL adapters implement it: the same statements but for the insert,
 //! one `INSERT … SELECT FROM UNNEST(…)` on Postgres and multi-row `VALUES` on SQLite.
 //!
-//! Sequence numbers come from `batches.event_seq`, bumped by a guarded update in the transaction
-//! that inserts the rows. On Postgres the update holds the batch row's lock until the commit, so
-//! two nodes writing events of one batch allocate one after the other, and a reader that sees a
-//! later commit sees every earlier one: the journal never shows a gap, even for a moment. SQLite
-//! has one writer.
+//! Sequence numbers come from the batch's row of `batch_event_seqs`, bumped by a guarded upsert in
+//! the transaction that inserts the rows. On Postgres the upsert holds that row's lock until the
+//! commit, so two nodes writing events of one batch allocate one after the other, and a reader
+//! that sees a later commit sees every earlier one: the journal never shows a gap, even for a
+//! moment. The counter has a table of its own so that the writer never waits for the batch row,
+//! which run completions and the materialiser lock. SQLite has one writer.
 
 use async_trait::async_trait;
 use sqlx::{Postgres, Sqlite, Transaction};
@@ -16,14 +17,17 @@ use crate::events::{AppendError, EventJournal, EventKind, JournalEnd, NewEvent, 
 use crate::store::Millis;
 
 /// Allocates `$2` sequence numbers (answering the last), unless the journal is closed; `$3`
-/// closes it (the allocation holds a terminal event).
-const ALLOCATE: &str = "UPDATE batches SET event_seq = event_seq + $2, events_closed = $3 \
-     WHERE id = $1 AND NOT events_closed RETURNING event_seq";
+/// closes it (the allocation holds a terminal event). The first allocation creates the counter.
+const ALLOCATE: &str = "INSERT INTO batch_event_seqs (batch_id, last_seq, closed) \
+     VALUES ($1, $2, $3) ON CONFLICT (batch_id) DO UPDATE \
+     SET last_seq = batch_event_seqs.last_seq + EXCLUDED.last_seq, closed = EXCLUDED.closed \
+     WHERE NOT batch_event_seqs.closed RETURNING last_seq";
 
 /// Moves a counter found behind its journal past the journal's last row.
-const REALIGN: &str = "UPDATE batches SET event_seq = \
+const REALIGN: &str = "UPDATE batch_event_seqs SET last_seq = \
      (SELECT COALESCE(MAX(seq), 0) FROM batch_events WHERE batch_id = $1) \
-     WHERE id = $1 AND event_seq < (SELECT COALESCE(MAX(seq), 0) FROM batch_events WHERE batch_id = $1)";
+     WHERE batch_id = $1 \
+     AND last_seq < (SELECT COALESCE(MAX(seq), 0) FROM batch_events WHERE batch_id = $1)";
 
 const INSERT: &str =
     "INSERT INTO batch_events (batch_id, seq, kind, run_status, terminal, data, created_at) ";
@@ -192,7 +196,7 @@ macro_rules! impl_sql_event_journal {
 
             async fn end(&self, batch_id: &str) -> Result<JournalEnd, DependencyError> {
                 let row: Option<(i64, bool)> = sqlx::query_as(
-                    "SELECT event_seq, events_closed FROM batches WHERE id = $1",
+                    "SELECT last_seq, closed FROM batch_event_seqs WHERE batch_id = $1",
                 )
                 .bind(batch_id)
                 .fetch_optional(self.reader())
