@@ -14,8 +14,11 @@ use tokio::sync::broadcast;
 
 use super::StoredEvent;
 
-/// Events a lagging subscriber may be behind before it must read the journal.
-const CHANNEL_CAPACITY: usize = 256;
+/// Events a lagging subscriber may be behind before it must read the journal. A batch's channel
+/// holds each event once for all its subscribers, so this costs per batch, not per stream; it
+/// is several flushes (at most 512 events each) deep, so that a burst does not send every stream
+/// of a popular batch to the journal at once.
+const CHANNEL_CAPACITY: usize = 4096;
 
 /// The other nodes.
 #[async_trait]

@@ -26,6 +26,8 @@ use crate::store::BatchStore;
 
 /// Events read from the journal at a time.
 const PAGE: u32 = 500;
+/// Pause before a failed journal read is tried again.
+const READ_RETRY: Duration = Duration::from_millis(500);
 /// How long a stream waits for a live event before it reads the journal.
 pub const IDLE_READ: Duration = Duration::from_secs(5);
 
@@ -131,8 +133,13 @@ impl Tail {
             }
             if self.journal_has_more {
                 if let Err(error) = self.read_journal().await {
-                    tracing::warn!(batch = %self.batch_id, %error, "an event stream could not read the journal; it ends");
-                    return None;
+                    // The store is busy or down: the stream waits and reads again, so many
+                    // streams reading at once slow down rather than all end.
+                    tracing::warn!(batch = %self.batch_id, %error, "an event stream could not read the journal; it reads again");
+                    tokio::select! {
+                        () = self.stop.cancelled() => return None,
+                        () = tokio::time::sleep(READ_RETRY) => {}
+                    }
                 }
                 continue;
             }
