@@ -236,6 +236,12 @@ pub struct Config {
           default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub status_flush_interval_ms: u64,
 
+    /// Longest a claim waits for runs, whatever `waitMs` it asks (keep it under the idle timeout
+    /// of any proxy in front of Sluice).
+    #[arg(long = "claim-wait-max-ms", env = "SLUICE_CLAIM_WAIT_MAX_MS", value_name = "SLUICE_CLAIM_WAIT_MAX_MS",
+          default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(0..=30_000))]
+    pub claim_wait_max_ms: u64,
+
     /// How often runs whose lease expired are returned to pending (or failed).
     #[arg(long = "lease-sweep-interval-ms", env = "SLUICE_LEASE_SWEEP_INTERVAL_MS", value_name = "SLUICE_LEASE_SWEEP_INTERVAL_MS",
           default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
@@ -299,6 +305,7 @@ impl Config {
             max_event_streams_per_tenant: 100,
             status_flush_max_items: 1_000,
             status_flush_interval_ms: 5,
+            claim_wait_max_ms: 30_000,
             lease_sweep_interval_ms: 1_000,
             bench_two_step_enqueue: false,
             api_keys: None,

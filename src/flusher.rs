@@ -6,8 +6,8 @@
 //! then without waiting again). A caller is answered only after its group's write returned, so an
 //! acknowledged write is committed.
 //!
-//! While the store fails nothing piles up: a failed group is retried a few times while its callers
-//! wait, then they are answered with the error, the flusher marks itself failing and answers every
+//! While the store fails nothing piles up: a failed group is retried for up to a second while its
+//! callers wait (each try bounded too), then they are answered with the error, the flusher marks itself failing and answers every
 //! new caller at once with `503` until a probe of the store succeeds. The channel is bounded, so a
 //! store that is merely slow pushes back on callers too ([`Flusher::submit`] fails when it is
 //! full). At shutdown the channel is closed and what is queued is flushed once more.
@@ -51,8 +51,10 @@ pub struct FlushSettings {
     pub shutdown_grace: Duration,
 }
 
-/// Tries of one group before its callers are answered with the error.
-const FLUSH_TRIES: u32 = 3;
+/// Longest one flush may take; beyond it the store counts as failing.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a failed group is retried while its callers wait, before they are told to retry.
+const RETRY_BUDGET: Duration = Duration::from_secs(1);
 /// Backoff before the second try; it doubles.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// How often a failing flusher probes the store.
@@ -213,18 +215,25 @@ impl<F: Flush> FlushTask<F> {
             .unzip();
         let started = Instant::now();
         let mut delay = FIRST_RETRY_DELAY;
-        let mut tries = 0;
         let result = loop {
-            tries += 1;
-            match self.flush.flush(&items).await {
-                Ok(outcomes) => break Ok(outcomes),
-                Err(error) if tries < FLUSH_TRIES && error.is_unavailable() => {
-                    tracing::warn!(flusher = self.name, %error, "a flush failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(error) => break Err(error),
+            let attempt = tokio::time::timeout(FLUSH_TIMEOUT, self.flush.flush(&items)).await;
+            let error = match attempt {
+                Ok(Ok(outcomes)) => break Ok(outcomes),
+                Ok(Err(error)) => error,
+                // Dropped mid-write: the transaction is rolled back, or (cut during its commit)
+                // committed; either way its callers are told to retry, and a retried report of
+                // a write that did commit is recognised as such by the store.
+                Err(_) => unavailable(
+                    self.name,
+                    format!("a flush took longer than {FLUSH_TIMEOUT:?}"),
+                ),
+            };
+            if !error.is_unavailable() || started.elapsed() + delay > RETRY_BUDGET {
+                break Err(error);
             }
+            tracing::warn!(flusher = self.name, %error, "a flush failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay *= 2;
         };
         crate::metrics::flush(self.name, items.len(), started.elapsed(), result.is_ok());
         match result {

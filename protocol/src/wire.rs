@@ -23,7 +23,7 @@ pub struct CreateBatchRequest {
 
 /// A JSON integer as JSON Schema reads one: `3.0` is the integer 3, so a client whose JSON encoder
 /// writes whole numbers with a fraction is not turned away. Serde's `i64` would reject it.
-fn json_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+pub fn json_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
     const I64_RANGE: std::ops::RangeInclusive<f64> = i64::MIN as f64..=i64::MAX as f64;
     let number = serde_json::Number::deserialize(deserializer)?;
     if let Some(integer) = number.as_i64() {
@@ -38,6 +38,14 @@ fn json_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Er
             "expected an integer, got {number}"
         ))),
     }
+}
+
+/// [`json_integer`] for an optional field (with `#[serde(default)]`): absent is `None`; present,
+/// it must be an integer (`null` is refused, as the API's schema says).
+pub fn optional_json_integer<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    json_integer(deserializer).map(Some)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +119,22 @@ pub struct RunCounts {
     pub claimed: u64,
     #[serde(default)]
     pub canceled: u64,
+}
+
+/// `GET /api/v3/limits`: what one batch may hold, so a client can split its input to fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsResponse {
+    /// Largest `runCount` (`STREAMING_BATCH_MAX_ITEMS`).
+    pub max_items_per_batch: u32,
+    /// Largest NDJSON line; a longer one becomes a failed item (`STREAMING_BATCH_ITEM_MAXIMUM_SIZE`).
+    pub max_item_bytes: u32,
+    /// Payload bytes from which a payload goes to object storage (`BATCH_PAYLOAD_OFFLOAD_THRESHOLD`).
+    pub offload_threshold_bytes: u32,
+    /// Phase 2 body bytes after decompression (`SLUICE_MAX_BODY_BYTES`).
+    pub max_body_bytes: u64,
+    /// Phase 2 body bytes on the wire (`SLUICE_MAX_ENCODED_BODY_BYTES`).
+    pub max_encoded_body_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

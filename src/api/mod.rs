@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod items;
+pub mod limits;
 pub mod linger;
 pub mod rate_limit;
 pub mod runs;
@@ -105,6 +106,7 @@ pub fn router(state: ApiState) -> Router {
             post(workers::complete).layer(DefaultBodyLimit::max(workers::MAX_COMPLETE_BODY_BYTES)),
         )
         .route("/api/v3/runs/{id}", get(runs::get_run))
+        .route("/api/v3/limits", get(limits::get_limits))
         .route("/api/v3/runs/{id}/payload", get(runs::get_run_payload))
         .route("/api/v2/batches/{id}", get(trigger::get_batch_v2))
         .route("/api/v1/batches/{id}", get(trigger::get_batch_v1))

@@ -51,6 +51,7 @@ pub async fn claim(
             lease_ms: request.lease_ms,
             wait_ms: request.wait_ms,
         },
+        state.config.claim_wait_max_ms,
     )
     .await?;
     let lease_expires_at = rfc3339(claimed.lease_expires_at);

@@ -37,7 +37,7 @@ const WAIT_RECHECK: Duration = Duration::from_millis(500);
 const MAX_ERROR_CODE_BYTES: usize = 64;
 const MAX_ERROR_MESSAGE_BYTES: usize = 8 * 1024;
 /// Longest retry delay a worker may ask for: a day.
-const MAX_RETRY_DELAY_MS: u64 = 86_400_000;
+const MAX_RETRY_DELAY_MS: i64 = 86_400_000;
 
 /// Wakes this node's waiting claims when runs may have become claimable here (a chunk of runs
 /// committed, leases swept, runs sent back for a retry).
@@ -193,9 +193,9 @@ async fn report_completions(events: &Events, items: &[Completion], results: &[Fe
 #[derive(Debug, Clone, Default)]
 pub struct Claim {
     pub tasks: Option<Vec<String>>,
-    pub limit: Option<u32>,
-    pub lease_ms: Option<u64>,
-    pub wait_ms: Option<u64>,
+    pub limit: Option<i64>,
+    pub lease_ms: Option<i64>,
+    pub wait_ms: Option<i64>,
 }
 
 /// Runs claimed under one lease.
@@ -206,7 +206,7 @@ pub struct Claimed {
     pub lease_expires_at: Millis,
 }
 
-fn checked_lease_ms(lease_ms: Option<u64>) -> Result<u64, RunsError> {
+fn checked_lease_ms(lease_ms: Option<i64>) -> Result<i64, RunsError> {
     let lease = lease_ms.unwrap_or(DEFAULT_LEASE_MS);
     if (MIN_LEASE_MS..=MAX_LEASE_MS).contains(&lease) {
         Ok(lease)
@@ -227,18 +227,24 @@ fn check_run_count(count: usize) -> Result<(), RunsError> {
     }
 }
 
-/// Claims up to `limit` of the tenant's pending runs; with `wait_ms`, waits that long for one
-/// when none is pending. An empty answer is not an error.
-pub async fn claim(ports: &Ports, tenant: &str, claim: Claim) -> Result<Claimed, RunsError> {
+/// Claims up to `limit` of the tenant's pending runs; with `wait_ms`, waits that long (at most
+/// `wait_cap_ms`) for one when none is pending. An empty answer is not an error.
+pub async fn claim(
+    ports: &Ports,
+    tenant: &str,
+    claim: Claim,
+    wait_cap_ms: u64,
+) -> Result<Claimed, RunsError> {
     let limit = claim.limit.unwrap_or(1);
-    if !(1..=MAX_RUNS_PER_CALL as u32).contains(&limit) {
+    if !(1..=MAX_RUNS_PER_CALL as i64).contains(&limit) {
         return Err(RunsError::Invalid(format!(
             "limit must be an integer from 1 to {MAX_RUNS_PER_CALL}, got {limit}"
         )));
     }
+    let limit = limit as u32;
     let lease = checked_lease_ms(claim.lease_ms)?;
     let wait = claim.wait_ms.unwrap_or(0);
-    if wait > MAX_WAIT_MS {
+    if !(0..=MAX_WAIT_MS).contains(&wait) {
         return Err(RunsError::Invalid(format!(
             "waitMs must be an integer from 0 to {MAX_WAIT_MS}, got {wait}"
         )));
@@ -251,13 +257,14 @@ pub async fn claim(ports: &Ports, tenant: &str, claim: Claim) -> Result<Claimed,
         ));
     }
     let lease_id = format!("lease_{:032x}", rand::random::<u128>());
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis((wait as u64).min(wait_cap_ms));
     loop {
         // Registered before looking, so runs added while the claim runs wake the wait below.
         let woken = ports.runs_ready.0.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let lease_expires_at = now_millis() + lease as Millis;
+        let lease_expires_at = now_millis() + lease;
         let runs = ports
             .status
             .claims
@@ -307,11 +314,11 @@ pub async fn heartbeat(
     ports: &Ports,
     tenant: &str,
     runs: &[RunRef],
-    lease_ms: Option<u64>,
+    lease_ms: Option<i64>,
 ) -> Result<Vec<Fenced<Millis>>, RunsError> {
     check_run_count(runs.len())?;
     let lease = checked_lease_ms(lease_ms)?;
-    let lease_until = now_millis() + lease as Millis;
+    let lease_until = now_millis() + lease;
     let writes = runs.iter().map(|run| {
         let leased = leased(tenant, run);
         async move {
@@ -342,7 +349,7 @@ pub struct Report {
     pub output: Option<String>,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
-    pub retry_delay_ms: Option<u64>,
+    pub retry_delay_ms: Option<i64>,
 }
 
 /// Text a worker sent, kept within `max` bytes (cut at a character boundary) and without NUL,
@@ -378,7 +385,7 @@ fn completion(tenant: &str, report: &Report) -> Result<Option<Completion>, RunsE
         )));
     }
     let retry_delay_ms = report.retry_delay_ms.unwrap_or(0);
-    if retry_delay_ms > MAX_RETRY_DELAY_MS {
+    if !(0..=MAX_RETRY_DELAY_MS).contains(&retry_delay_ms) {
         return Err(RunsError::Invalid(format!(
             "retryDelayMs must be an integer from 0 to {MAX_RETRY_DELAY_MS}, got {retry_delay_ms}"
         )));
@@ -398,7 +405,7 @@ fn completion(tenant: &str, report: &Report) -> Result<Option<Completion>, RunsE
             .error_message
             .as_deref()
             .map(|message| kept_text(message, MAX_ERROR_MESSAGE_BYTES)),
-        retry_delay_ms: retry_delay_ms as i64,
+        retry_delay_ms,
     }))
 }
 

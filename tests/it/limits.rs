@@ -240,17 +240,6 @@ async fn a_client_that_stops_sending_is_cut_off_and_its_items_are_kept(#[case] m
     assert_eq!(body["sealed"], true);
 }
 
-/// The server's peak resident memory (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 /// Lines whose `index` is a string as long as a line may be: each is rejected, and its message
 /// must not echo that string. Three such bodies at once must neither make large answers nor make
 /// the server hold their echoes: its memory stays within the bound configuration sets.
@@ -301,7 +290,7 @@ async fn hostile_index_values_make_neither_large_answers_nor_large_memory() {
         let answer: Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(answer["itemsRejected"], LINES, "{answer}");
     }
-    let peak = peak_rss(server.pid());
+    let peak = server.memory("VmHWM");
     let bound = (64 << 20) + (REQUESTS * CONCURRENCY * ITEM_MAX) as u64;
     eprintln!(
         "hostile index values: server peak RSS {:.1} MiB (bound {:.1} MiB)",
@@ -310,4 +299,46 @@ async fn hostile_index_values_make_neither_large_answers_nor_large_memory() {
     );
     assert!(peak < bound, "peak RSS {peak} bytes, bound {bound}");
     server.kill().await;
+}
+
+#[apply(both_modes)]
+#[tokio::test]
+async fn get_limits_advertises_what_a_batch_may_hold(#[case] mode: Mode) {
+    let server = TestServer::start_with(mode, |config| {
+        config.max_items = 10_000;
+        config.item_max_bytes = 65_536;
+        config.offload_threshold_bytes = 4_096;
+        config.max_body_bytes = 8 << 20;
+        config.max_encoded_body_bytes = 4 << 20;
+    })
+    .await;
+    let response = server
+        .client
+        .get(server.url("/api/v3/limits"))
+        .bearer_auth(OTHER_KEY)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = into_parts(response).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({
+            "maxItemsPerBatch": 10_000,
+            "maxItemBytes": 65_536,
+            "offloadThresholdBytes": 4_096,
+            "maxBodyBytes": 8 << 20,
+            "maxEncodedBodyBytes": 4 << 20,
+        })
+    );
+
+    let response = server
+        .client
+        .get(server.url("/api/v3/limits"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = into_parts(response).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(error_code(&body), "UNAUTHORIZED");
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use rstest::rstest;
 use serde_json::{Value, json};
 use sluice::cli::send::{
-    IndexRanges, NoProgress, RetryPolicy, SendError, SendOptions, SendReport, Shape, Source, send,
+    IndexRanges, NoProgress, PartReport, RetryPolicy, SendError, SendOptions, SendReport, Shape,
+    Source, send,
 };
 use sluice::protocol::wire::IngestResponse;
 use tokio::io::AsyncWriteExt;
@@ -56,6 +57,8 @@ fn options(base: &str, path: &Path, task: &str) -> SendOptions {
         count: None,
         idempotency_key: None,
         gzip: false,
+        batch_size: None,
+        parallel: 1,
         retry: RetryPolicy {
             max_retries: 5,
             base_delay: Duration::from_millis(200),
@@ -65,8 +68,15 @@ fn options(base: &str, path: &Path, task: &str) -> SendOptions {
     }
 }
 
-async fn send_quietly(options: SendOptions) -> Result<SendReport, SendError> {
+async fn send_all(options: SendOptions) -> Result<SendReport, SendError> {
     send(options, Arc::new(NoProgress)).await
+}
+
+/// Sends an input that fits one batch; the report of that batch.
+async fn send_quietly(options: SendOptions) -> Result<PartReport, SendError> {
+    let report = send_all(options).await?;
+    let [part] = <[PartReport; 1]>::try_from(report.parts).expect("the input is one batch");
+    Ok(part)
 }
 
 /// How many indexes a response's `missing` ranges cover.
@@ -370,7 +380,256 @@ async fn send_gives_up_on_a_server_that_is_not_there() {
         matches!(error, SendError::GaveUp { attempts: 3, .. }),
         "{error}"
     );
-    assert!(error.to_string().contains("creating the batch failed"));
+    assert!(
+        error
+            .to_string()
+            .contains("reading the server's limits failed")
+    );
+}
+
+// --- inputs larger than one batch ---------------------------------------------------------------
+
+/// A server whose batches hold at most `max_items` items.
+async fn server_with_max_items(mode: Mode, max_items: u32) -> TestServer {
+    TestServer::start_with(mode, |config| config.max_items = max_items).await
+}
+
+/// Each part's batch is sealed with exactly its items, and holds the input's lines from its first
+/// item on, in order, so that every line is in exactly one batch.
+async fn assert_parts_hold_every_line_once(
+    server: &TestServer,
+    report: &SendReport,
+    task: &str,
+    sizes: &[u64],
+) {
+    let items: Vec<u64> = report.parts.iter().map(|part| part.items).collect();
+    assert_eq!(items, sizes);
+    let mut next_item = 0;
+    for (n, part) in report.parts.iter().enumerate() {
+        assert_eq!((part.part, part.first_item), (n as u32 + 1, next_item));
+        assert!(part.response().sealed);
+        assert_batch_sealed_with(server, &part.batch_id, part.items).await;
+        for index in [0, 1, part.items / 2, part.items - 1] {
+            let item = server.stored_item(&part.batch_id, index as u32).await;
+            let line = part.first_item + index;
+            assert_eq!(
+                item,
+                Some(json!({ "task": task, "payload": { "n": line },
+                             "payloadType": "application/json" })),
+                "part {} index {index}",
+                part.part
+            );
+        }
+        assert_eq!(
+            server.stored_item(&part.batch_id, part.items as u32).await,
+            None
+        );
+        next_item += part.items;
+    }
+    let batches: std::collections::HashSet<_> =
+        report.parts.iter().map(|part| &part.batch_id).collect();
+    assert_eq!(
+        batches.len(),
+        report.parts.len(),
+        "every part is its own batch"
+    );
+}
+
+#[apply(both_modes)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_splits_an_input_larger_than_a_batch_into_sealed_parts(#[case] mode: Mode) {
+    // 2.5 times the server's cap, as 2.5 M lines would be against the default 1 M.
+    let server = server_with_max_items(mode, 10_000).await;
+    let file = payload_file(25_000);
+    let task = unique_task();
+    let report = send_all(options(&server.base, file.path(), &task))
+        .await
+        .unwrap();
+    assert_eq!((report.items, report.items_accepted()), (25_000, 25_000));
+    assert_parts_hold_every_line_once(&server, &report, &task, &[10_000, 10_000, 5_000]).await;
+    for part in &report.parts {
+        assert!(!part.resumed);
+        assert!(
+            part.idempotency_key.ends_with(&format!(
+                "-part-{}-items-{}-{}",
+                part.part,
+                part.first_item,
+                part.first_item + part.items - 1
+            )),
+            "{}",
+            part.idempotency_key
+        );
+    }
+    let lines = sluice::cli::send::summary_lines(&report);
+    assert_eq!(
+        lines.last().unwrap(),
+        "25000 items sealed in 3 batches, 25000 accepted now"
+    );
+
+    // --batch-size cuts smaller parts, in parallel; another cut is another set of batches.
+    let mut smaller = options(&server.base, file.path(), &task);
+    (smaller.batch_size, smaller.parallel) = (Some(7_000), 2);
+    let report = send_all(smaller).await.unwrap();
+    assert_parts_hold_every_line_once(&server, &report, &task, &[7_000, 7_000, 7_000, 4_000]).await;
+}
+
+/// Cancels the send (as Ctrl-C does) once part `part` has put `items` items into its body.
+struct CancelDuringPart {
+    part: u32,
+    items: u64,
+    sent: std::sync::atomic::AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl sluice::cli::send::Progress for CancelDuringPart {
+    fn event(&self, event: sluice::cli::send::ProgressEvent<'_>) {
+        if let sluice::cli::send::ProgressEvent::Sent { part, items, .. } = event
+            && part == self.part
+        {
+            let sent = self
+                .sent
+                .fetch_add(items, std::sync::atomic::Ordering::SeqCst)
+                + items;
+            if sent >= self.items {
+                self.cancel.cancel();
+            }
+        }
+    }
+}
+
+#[apply(both_modes)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_send_stopped_in_part_2_resumes_there_and_leaves_part_1_alone(#[case] mode: Mode) {
+    let server = server_with_max_items(mode, 10_000).await;
+    let file = payload_file(25_000);
+    let task = unique_task();
+    let stopped = options(&server.base, file.path(), &task);
+    let progress = Arc::new(CancelDuringPart {
+        part: 2,
+        items: 4_000,
+        sent: Default::default(),
+        cancel: stopped.cancel.clone(),
+    });
+    let error = send(stopped, progress).await.unwrap_err();
+    assert!(error.is_interrupted(), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.starts_with("part 2 of 3 (items 10000–19999): interrupted; run the same command again to resume batch"),
+        "{message}"
+    );
+
+    let resumed = send_all(options(&server.base, file.path(), &task))
+        .await
+        .unwrap();
+    let [part1, part2, part3] = &resumed.parts[..] else {
+        panic!("{resumed:?}");
+    };
+    // Part 1: found sealed by its key, asked once, nothing sent again.
+    assert!(part1.resumed && part1.already_sealed);
+    assert_eq!((part1.requests, part1.items_accepted()), (1, 0));
+    assert_eq!(part1.items_deduplicated(), 0);
+    // Part 2: found again, only its missing ranges sent.
+    assert!(part2.resumed && !part2.already_sealed);
+    let probe = &part2.responses[0];
+    assert!(!probe.sealed);
+    assert!(probe.enqueued_count.unwrap() < 10_000);
+    let resend = &part2.responses[1];
+    assert_eq!(
+        resend.items_accepted + resend.items_deduplicated,
+        missing_count(probe),
+        "only part 2's missing items are sent again"
+    );
+    // Part 3: never started before, sent whole.
+    assert!(!part3.resumed);
+    assert_eq!(part3.items_accepted(), 5_000);
+    assert_parts_hold_every_line_once(&server, &resumed, &task, &[10_000, 10_000, 5_000]).await;
+}
+
+#[apply(both_modes)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_are_sized_under_a_low_body_cap_and_never_meet_413(#[case] mode: Mode) {
+    const CAP: u64 = 8 << 20;
+    let server = TestServer::start_with(mode, |config| {
+        config.max_body_bytes = CAP;
+        config.max_encoded_body_bytes = CAP;
+    })
+    .await;
+    // 200 lines of ~100 KiB: 20 MiB, under the item cap, 2.5 times the body cap.
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let filler = "x".repeat(100 * 1024);
+    for n in 0..200 {
+        writeln!(file, "{{\"n\":{n},\"pad\":\"{filler}\"}}").unwrap();
+    }
+    for gzip in [false, true] {
+        let mut options = options(&server.base, file.path(), &unique_task());
+        options.gzip = gzip;
+        let report = send_all(options).await.unwrap();
+        assert_eq!(report.parts.len(), 3, "gzip {gzip}");
+        let items: u64 = report.parts.iter().map(|part| part.items).sum();
+        assert_eq!(items, 200);
+        for part in &report.parts {
+            // Every part but the last is filled to within one line of the cap's room.
+            let bytes = part.items * (100 * 1024 + 80);
+            assert!(bytes < CAP, "part {} of {} items", part.part, part.items);
+            assert!(part.response().sealed);
+            assert_eq!(part.requests, 1, "one request: no 413, no retry");
+            assert_batch_sealed_with(&server, &part.batch_id, part.items).await;
+            let last = server
+                .stored_item(&part.batch_id, part.items as u32 - 1)
+                .await
+                .unwrap();
+            assert_eq!(last["payload"]["n"], part.first_item + part.items - 1);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_with_count_splits_by_count_and_the_server_sees_lines_beyond_it() {
+    let server = TestServer::start(Mode::Embedded).await;
+    let file = payload_file(25);
+    let task = unique_task();
+    let mut counted = options(&server.base, file.path(), &task);
+    (counted.count, counted.batch_size) = (Some(25), Some(10));
+    let report = send_all(counted).await.unwrap();
+    assert_parts_hold_every_line_once(&server, &report, &task, &[10, 10, 5]).await;
+
+    // A count short of the file: the last part reads on to the end, so the lines past its items
+    // reach the server, which rejects them (and says so), as it does for one batch; they are not
+    // left out unseen.
+    let mut short = options(&server.base, file.path(), &unique_task());
+    (short.count, short.batch_size) = (Some(20), Some(10));
+    let report = send_all(short).await.unwrap();
+    let last = report.parts[1].response();
+    assert_eq!((report.parts.len(), last.items_rejected), (2, 5));
+    assert_eq!(last.rejected[0].code, "INDEX_OUT_OF_RANGE");
+}
+
+#[tokio::test]
+async fn a_server_without_limits_gets_one_batch_and_a_hint_to_use_batch_size() {
+    let old = fake_old::OldServer::start(10).await;
+    let file = payload_file(25);
+    let error = send_all(options(&old.base, file.path(), "t"))
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.starts_with("server answered 400 Bad Request INVALID_REQUEST: runCount must be"),
+        "{message}"
+    );
+    assert!(message.contains("pass --batch-size N"), "{message}");
+    assert_eq!(
+        old.run_counts(),
+        vec![25],
+        "the input was sent as one batch"
+    );
+
+    // With --batch-size it is split by count alone, as the server cannot say more.
+    let mut split = options(&old.base, file.path(), "t");
+    split.batch_size = Some(10);
+    let report = send_all(split).await.unwrap();
+    let items: Vec<u64> = report.parts.iter().map(|part| part.items).collect();
+    assert_eq!(items, vec![10, 10, 5]);
+    assert_eq!(old.run_counts(), vec![25, 10, 10, 5]);
 }
 
 // --- the real binary -------------------------------------------------------------------------
@@ -426,6 +685,47 @@ async fn send_binary_prints_the_final_response_as_json_and_exits_0() {
     assert!(
         lines.last().unwrap().contains("already sealed"),
         "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_binary_prints_one_json_line_per_part_and_exits_0_when_all_are_sealed() {
+    let server = TestServer::start(Mode::Embedded).await;
+    let file = payload_file(1_000);
+    let task = unique_task();
+    let path = file.path().to_str().unwrap();
+    let args = [
+        path,
+        "--task",
+        &task,
+        "--json",
+        "--batch-size",
+        "400",
+        "--parallel",
+        "2",
+    ];
+    let output = sluice_send(&server.base, &args).output().await.unwrap();
+    assert!(output.status.success(), "{:?}", stderr_lines(&output));
+    let parts: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(parts.len(), 3);
+    for (n, part) in parts.iter().enumerate() {
+        assert_eq!(
+            (part["part"].as_u64(), part["parts"].as_u64()),
+            (Some(n as u64 + 1), Some(3))
+        );
+        assert_eq!(part["firstItem"], n * 400);
+        assert_eq!(part["sealed"], true);
+        let items = if n == 2 { 200 } else { 400 };
+        assert_eq!(part["itemsAccepted"], items);
+        assert_batch_sealed_with(&server, part["id"].as_str().unwrap(), items).await;
+    }
+    let summary = stderr_lines(&output).pop().unwrap();
+    assert_eq!(
+        summary,
+        "sluice send: 1000 items sealed in 3 batches, 1000 accepted now"
     );
 }
 
@@ -692,6 +992,85 @@ mod proxy {
         }
         let _ = server_write.shutdown().await;
         let _ = answers.await;
+    }
+}
+
+/// A server from before `GET /api/v3/limits`: the route is unknown (404), a batch holds at most
+/// `max_items` items, and every items request seals its batch.
+mod fake_old {
+    use super::*;
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::post;
+
+    struct Old {
+        max_items: u64,
+        run_counts: Mutex<Vec<u64>>,
+    }
+
+    pub struct OldServer {
+        pub base: String,
+        old: Arc<Old>,
+    }
+
+    async fn create(State(old): State<Arc<Old>>, axum::Json(body): axum::Json<Value>) -> Response {
+        let run_count = body["runCount"].as_u64().unwrap();
+        let key = body["idempotencyKey"].as_str().unwrap().to_owned();
+        old.run_counts.lock().unwrap().push(run_count);
+        if run_count > old.max_items {
+            let message = format!(
+                "runCount must be an integer from 1 to {}, got {run_count}",
+                old.max_items
+            );
+            let body = json!({ "error": { "code": "INVALID_REQUEST", "message": message } });
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+        let id = format!("batch_{}", key_digest(&key));
+        (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "id": id, "runCount": run_count, "isCached": false })),
+        )
+            .into_response()
+    }
+
+    /// A batch id made from the key, so each part has its own.
+    fn key_digest(key: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    async fn items(axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+        axum::Json(json!({
+            "id": id, "itemsAccepted": 0, "itemsDeduplicated": 0,
+            "sealed": true, "itemsFailed": 0, "itemsRejected": 0, "rejected": []
+        }))
+        .into_response()
+    }
+
+    impl OldServer {
+        pub async fn start(max_items: u64) -> Self {
+            let old = Arc::new(Old {
+                max_items,
+                run_counts: Mutex::new(Vec::new()),
+            });
+            let app = Router::new()
+                .route("/api/v3/batches", post(create))
+                .route("/api/v3/batches/{id}/items", post(items))
+                .with_state(old.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            Self { base, old }
+        }
+
+        pub fn run_counts(&self) -> Vec<u64> {
+            self.old.run_counts.lock().unwrap().clone()
+        }
     }
 }
 

@@ -4,6 +4,9 @@
 //! Claims take any of the tenant's runs, so every test here runs as a tenant of its own: tests
 //! running at once on the same database never claim each other's runs.
 
+mod cli;
+mod outage;
+
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -12,11 +15,23 @@ use serde_json::{Value, json};
 use sluice::config::Config;
 
 use crate::runs::wait_materialised;
-use crate::support::{Api, KEY, Mode, OTHER_KEY, TestServer, both_modes, into_parts, poll_until};
+use crate::support::{Api, KEY, Mode, OTHER_KEY, TestServer, both_modes, poll_until};
 
 /// A server whose `KEY` belongs to a tenant no other test uses.
 pub async fn worker_server(mode: Mode, adjust: impl FnOnce(&mut Config)) -> TestServer {
-    let tenant = format!("workers-{:016x}", rand::random::<u64>());
+    worker_server_of(&unique_tenant(), mode, adjust).await
+}
+
+pub fn unique_tenant() -> String {
+    format!("workers-{:016x}", rand::random::<u64>())
+}
+
+/// A server whose `KEY` belongs to `tenant`.
+pub async fn worker_server_of(
+    tenant: &str,
+    mode: Mode,
+    adjust: impl FnOnce(&mut Config),
+) -> TestServer {
     TestServer::start_with(mode, |config| {
         config.api_keys = Some(format!("{tenant}:{KEY},globex:{OTHER_KEY}"));
         config.lease_sweep_interval_ms = 100;
@@ -26,18 +41,6 @@ pub async fn worker_server(mode: Mode, adjust: impl FnOnce(&mut Config)) -> Test
 }
 
 impl Api {
-    pub async fn post_json_as(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .post(self.url(path))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        into_parts(response).await
-    }
-
     pub async fn claim(&self, body: Value) -> Vec<Value> {
         let (status, answer) = self.post_json_as(KEY, "/api/v3/runs/claim", body).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
@@ -55,7 +58,7 @@ impl Api {
 
 /// A sealed, materialised batch of `count` items of `task`, the item at each index `i` with
 /// payload `{"i": i}` and the given options.
-pub async fn batch_of(server: &TestServer, task: &str, count: u32, options: Value) -> String {
+pub async fn batch_of(server: &Api, task: &str, count: u32, options: Value) -> String {
     let lines: Vec<String> = (0..count)
         .map(|index| {
             json!({"index": index, "task": task, "payload": {"i": index}, "options": options})
@@ -431,4 +434,42 @@ async fn canceling_a_batch_cancels_runs_sent_back_for_a_retry(mode: Mode) {
         json!({"pending": 0, "claimed": 0, "running": 0, "completed": 1, "failed": 0, "canceled": 2})
     );
     assert!(server.claim(json!({ "limit": 5 })).await.is_empty());
+}
+
+/// The last two runs of a batch completed at the same moment through two nodes: the batch turns
+/// final (neither node's check may miss the other's run), again and again.
+#[tokio::test]
+async fn last_runs_completed_on_two_nodes_at_once_finish_the_batch() {
+    let tenant = unique_tenant();
+    let first = worker_server_of(&tenant, Mode::Production, |_| {}).await;
+    let second = worker_server_of(&tenant, Mode::Production, |_| {}).await;
+    for round in 0..15 {
+        let id = batch_of(&first, "t", 2, json!({})).await;
+        let runs = first.claim(json!({ "limit": 2 })).await;
+        assert_eq!(runs.len(), 2, "round {round}");
+        let (a, b) = tokio::join!(
+            first.complete(json!([report(&runs[0], "COMPLETED")])),
+            second.complete(json!([report(&runs[1], "FAILED")])),
+        );
+        assert_eq!(
+            (a[0]["ok"].clone(), b[0]["ok"].clone()),
+            (json!(true), json!(true))
+        );
+        let (_, batch) = first.batch(&id).await;
+        assert_eq!(batch["status"], "PARTIAL_FAILED", "round {round}: {batch}");
+    }
+}
+
+#[apply(both_modes)]
+#[tokio::test]
+async fn a_claim_waits_no_longer_than_the_server_allows(mode: Mode) {
+    let server = worker_server(mode, |config| config.claim_wait_max_ms = 200).await;
+    let started = std::time::Instant::now();
+    let runs = server.claim(json!({ "waitMs": 20000 })).await;
+    assert!(runs.is_empty());
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_millis(200)..Duration::from_secs(5)).contains(&waited),
+        "{waited:?}"
+    );
 }

@@ -8,6 +8,7 @@
 
 mod body;
 mod stats;
+mod work;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -84,6 +85,16 @@ pub struct BenchArgs {
     /// runCount`, read every 10 ms) and report how fast they were.
     #[arg(long)]
     pub wait_runs: bool,
+    /// After every run is written (needs `--wait-runs`), this many loops claim runs and complete
+    /// them until none is left, and report runs/s end to end.
+    #[arg(long, default_value_t = 0)]
+    pub work_claimers: usize,
+    /// Runs per claim and per complete call in the worker phase.
+    #[arg(long, default_value_t = 1000)]
+    pub work_batch: u32,
+    /// After the worker phase, single completions timed one at a time on the idle server.
+    #[arg(long, default_value_t = 0)]
+    pub idle_completes: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,6 +118,9 @@ pub struct BenchReport {
     pub runs_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runs_per_second: Option<f64>,
+    /// With `--work-claimers`: claiming and completing every run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work: Option<work::WorkReport>,
 }
 
 /// What one batch's run measured.
@@ -372,6 +386,10 @@ pub async fn bench(args: BenchArgs) -> Result<BenchReport, BenchError> {
         0 => None,
         count => Some(probe_rounds(&run, &ids, count).await?),
     };
+    let work = match args.work_claimers {
+        0 => None,
+        claimers => Some(work::work_phase(&run, claimers).await?),
+    };
     Ok(BenchReport {
         label: args.label,
         batches: args.batches,
@@ -387,6 +405,7 @@ pub async fn bench(args: BenchArgs) -> Result<BenchReport, BenchError> {
         probes,
         runs_per_second: runs_seconds.map(|seconds| items as f64 / seconds),
         runs_seconds,
+        work,
     })
 }
 
@@ -447,6 +466,29 @@ fn print_table(report: &BenchReport) {
     }
     if let Some(rss) = report.server_peak_rss_bytes {
         println!("{:<24} {:.1} MiB", "server peak RSS", mib(rss));
+    }
+    if let Some(work) = &report.work {
+        println!(
+            "{:<24} {} runs in {:.3} s · {:.0} runs/s ({} claimers × {} per call)",
+            "claimed + completed",
+            work.runs,
+            work.seconds,
+            work.runs_per_second,
+            work.claimers,
+            work.runs_per_call
+        );
+        for (name, latency) in [
+            ("claim calls", Some(&work.claim_latency)),
+            ("complete calls", Some(&work.complete_latency)),
+            ("idle single complete", work.idle_complete_latency.as_ref()),
+        ] {
+            if let Some(latency) = latency {
+                println!(
+                    "{:<24} p50 {:.2} · p90 {:.2} · p99 {:.2} · max {:.2} ms",
+                    name, latency.p50_ms, latency.p90_ms, latency.p99_ms, latency.max_ms
+                );
+            }
+        }
     }
     if let Some(probes) = &report.probes {
         for (name, latency) in [

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use async_compression::tokio::bufread::GzipEncoder;
 use bytes::{Bytes, BytesMut};
-use tokio::io::BufReader;
+use tokio::io::{AsyncSeekExt, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::error::SendError;
-use super::input::{PreparedInput, Shape};
+use super::input::{PreparedInput, Shape, task_json};
 use super::lines::{LineReader, READ_BUFFER_BYTES, check_payload, content, is_blank};
+use super::parts::Part;
 use super::progress::{Progress, ProgressEvent};
 use crate::protocol::index_probe::{Probe, probe_index};
 
@@ -69,15 +70,18 @@ pub struct BodyTap {
     closed: AtomicBool,
     failure: Mutex<Option<SendError>>,
     progress: Arc<dyn Progress>,
+    /// The part whose body this is (1-based), named in progress events.
+    part: u32,
 }
 
 impl BodyTap {
-    pub fn new(progress: Arc<dyn Progress>) -> Arc<Self> {
+    pub fn new(progress: Arc<dyn Progress>, part: u32) -> Arc<Self> {
         Arc::new(Self {
             items: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             failure: Mutex::new(None),
             progress,
+            part,
         })
     }
 
@@ -106,6 +110,7 @@ impl BodyTap {
         }
         self.items.fetch_add(items, Ordering::Relaxed);
         self.progress.event(ProgressEvent::Sent {
+            part: self.part,
             items,
             bytes: bytes as u64,
         });
@@ -127,8 +132,12 @@ struct Producer {
     kind: LineKind,
     only: Option<IndexRanges>,
     check_lines: bool,
-    /// Items mode: index of the next non-blank line.
+    /// Items mode: index in the whole input of the next non-blank line.
     next_index: u64,
+    /// Items mode: the part's items are those from `first_item` to before `end_item` (the end of
+    /// the input for the last part); its index `i` is the input's `first_item + i`.
+    first_item: u64,
+    end_item: u64,
     chunk: BytesMut,
     tap: Arc<BodyTap>,
     /// The input is read to its end.
@@ -141,6 +150,10 @@ impl Producer {
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, SendError> {
         let mut items = 0;
         while !self.done && self.chunk.len() < CHUNK_BYTES {
+            if matches!(self.kind, LineKind::Item { .. }) && self.next_index >= self.end_item {
+                self.done = true;
+                break;
+            }
             let raw = self
                 .lines
                 .next_raw()
@@ -160,7 +173,11 @@ impl Producer {
                     if blank {
                         continue;
                     }
-                    let index = self.next_index;
+                    let Some(index) = self.next_index.checked_sub(self.first_item) else {
+                        // A line of an earlier part (the part's start in the file is not known).
+                        self.next_index += 1;
+                        continue;
+                    };
                     self.next_index += 1;
                     if self.only.as_ref().is_some_and(|only| !only.contains(index)) {
                         continue;
@@ -218,29 +235,51 @@ impl Producer {
 pub async fn request_body(
     input: &PreparedInput,
     shape: &Shape,
+    part: &Part,
     plan: &BodyPlan,
     tap: Arc<BodyTap>,
 ) -> Result<reqwest::Body, SendError> {
-    let file = tokio::fs::File::open(&input.path)
+    let input_error = |source| SendError::Input {
+        path: input.name.clone(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(&input.path)
         .await
-        .map_err(|source| SendError::Input {
-            path: input.name.clone(),
-            source,
-        })?;
+        .map_err(input_error)?;
     let kind = match shape.raw {
         true => LineKind::Raw,
         false => LineKind::Item {
-            task_json: serde_json::to_string(shape.task.as_deref().unwrap_or_default())
-                .expect("a string serialises"),
+            task_json: task_json(shape),
         },
     };
+    // A `--raw` input is always one part, read from its first line so that the server's line
+    // numbers are the file's.
+    let start = part.start.filter(|_| !shape.raw);
+    let (next_index, line_number) = match start {
+        Some((offset, line)) => {
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(input_error)?;
+            (part.first_item, line - 1)
+        }
+        None => (0, 0),
+    };
+    let mut lines = LineReader::new(BufReader::with_capacity(READ_BUFFER_BYTES, file));
+    lines.number = line_number;
     let producer = Producer {
-        lines: LineReader::new(BufReader::with_capacity(READ_BUFFER_BYTES, file)),
+        lines,
         name: input.name.clone(),
         kind,
         only: plan.only.clone(),
         check_lines: !input.lines_checked,
-        next_index: 0,
+        next_index,
+        first_item: part.first_item,
+        // The last part reads to the end: with a wrong `--count`, lines beyond it reach the
+        // server, which rejects them, rather than being left out unseen.
+        end_item: match input.parts.last() == Some(part) {
+            true => u64::MAX,
+            false => part.first_item + part.items,
+        },
         chunk: BytesMut::with_capacity(CHUNK_BYTES + 1024),
         tap,
         done: false,
@@ -260,7 +299,11 @@ pub async fn request_body(
             Ok(Some(chunk)) => Some((Ok(chunk), producer)),
             Ok(None) => {
                 if !producer.tap.is_closed() {
-                    producer.tap.progress.event(ProgressEvent::BodySent);
+                    let part = producer.tap.part;
+                    producer
+                        .tap
+                        .progress
+                        .event(ProgressEvent::BodySent { part });
                 }
                 None
             }

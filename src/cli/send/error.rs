@@ -75,6 +75,28 @@ pub enum SendError {
     },
     #[error("interrupted; {}", resume_hint(.batch_id.as_deref()))]
     Interrupted { batch_id: Option<String> },
+    #[error(
+        "--raw input of {items} items needs {parts} batches under the server's limits, but raw lines carry their own indexes and are never split; split it into files of at most {max_items} items, each indexed from 0"
+    )]
+    RawTooLarge {
+        items: u64,
+        parts: usize,
+        max_items: u64,
+    },
+    /// What stopped one part of an input sent as several batches.
+    #[error("part {part} of {parts} (items {first_item}–{last_item}): {source}")]
+    InPart {
+        part: u32,
+        parts: u32,
+        first_item: u64,
+        last_item: u64,
+        source: Box<SendError>,
+    },
+    /// A refusal by a server that does not publish its limits, so the input was not split.
+    #[error(
+        "{source}; this server does not publish its limits (GET /api/v3/limits answered 404), so the input was sent as one batch: pass --batch-size N to split it into batches of at most N items"
+    )]
+    LimitsUnknown { source: Box<SendError> },
 }
 
 fn resume_hint(batch_id: Option<&str>) -> String {
@@ -99,6 +121,10 @@ fn rejected_message(batch_id: &str, rejected: u64, first: Option<&RejectedLine>)
 
 impl SendError {
     pub fn is_interrupted(&self) -> bool {
-        matches!(self, Self::Interrupted { .. })
+        match self {
+            Self::Interrupted { .. } => true,
+            Self::InPart { source, .. } | Self::LimitsUnknown { source } => source.is_interrupted(),
+            _ => false,
+        }
     }
 }

@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use super::error::SendError;
 use super::retry::{is_retryable_status, retry_after};
-use crate::protocol::wire::{CreateBatchRequest, CreateBatchResponse, ErrorDetail, IngestResponse};
+use crate::protocol::wire::{
+    CreateBatchRequest, CreateBatchResponse, ErrorDetail, IngestResponse, LimitsResponse,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of an unexpected (non-JSON) answer quoted in an error.
@@ -124,6 +126,21 @@ impl Api {
             base,
             key: key.to_owned(),
         })
+    }
+
+    /// `GET /api/v3/limits`; `None` from a server too old to have the route (`404`).
+    pub async fn limits(&self) -> Result<Option<LimitsResponse>, CallError> {
+        let response = self
+            .client
+            .get(format!("{}/api/v3/limits", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .map_err(CallError::Transport)?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        read_answer(response).await.map(Some)
     }
 
     /// Phase 1. `202` (new) and `200` (found by idempotency key) are both success.

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::SendError;
 use super::lines::{LineReader, READ_BUFFER_BYTES, check_payload, content, is_blank};
+use super::parts::{Part, PartCaps, Splitter, by_count};
 use super::progress::{Progress, ProgressEvent};
 use crate::protocol::index_probe::{Probe, probe_index};
 
@@ -60,6 +61,8 @@ pub struct PreparedInput {
     /// some lines. (A line whose index the server cannot read lands at its position in the body,
     /// which changes when lines are left out.)
     pub raw_indexes_readable: bool,
+    /// The batches the input is cut into, in order; at least one.
+    pub parts: Vec<Part>,
     _spool: Option<NamedTempFile>,
 }
 
@@ -70,6 +73,7 @@ pub async fn prepare(
     shape: &Shape,
     count: Option<u64>,
     idempotency_key: Option<String>,
+    caps: PartCaps,
     cancel: &CancellationToken,
     progress: &dyn Progress,
 ) -> Result<PreparedInput, SendError> {
@@ -86,6 +90,7 @@ pub async fn prepare(
                 idempotency_key: key,
                 lines_checked: false,
                 raw_indexes_readable: false,
+                parts: by_count(count, caps),
                 _spool: None,
             });
         }
@@ -97,6 +102,7 @@ pub async fn prepare(
                 file,
                 None::<&mut tokio::io::Sink>,
                 shape,
+                caps,
                 path,
                 cancel,
                 progress,
@@ -113,7 +119,16 @@ pub async fn prepare(
                 .map_err(input_error(spool.path()))?;
             let mut writer = BufWriter::new(tokio::fs::File::from_std(writer));
             let stdin = tokio::io::stdin();
-            let scan = scan(stdin, Some(&mut writer), shape, &name, cancel, progress).await?;
+            let scan = scan(
+                stdin,
+                Some(&mut writer),
+                shape,
+                caps,
+                &name,
+                cancel,
+                progress,
+            )
+            .await?;
             writer.flush().await.map_err(input_error(spool.path()))?;
             if let Some(given) = count
                 && given != scan.items
@@ -140,6 +155,7 @@ pub async fn prepare(
         idempotency_key: idempotency_key.unwrap_or_else(|| key_from_digest(&scan.digest)),
         lines_checked: true,
         raw_indexes_readable: scan.raw_indexes_readable,
+        parts: scan.parts,
         _spool: spool,
     })
 }
@@ -157,6 +173,7 @@ struct Scan {
     bytes: u64,
     digest: [u8; 32],
     raw_indexes_readable: bool,
+    parts: Vec<Part>,
 }
 
 fn hasher_for(shape: &Shape) -> Sha256 {
@@ -166,6 +183,11 @@ fn hasher_for(shape: &Shape) -> Sha256 {
     hasher.update(shape.task.as_deref().unwrap_or("").as_bytes());
     hasher.update(b"\0");
     hasher
+}
+
+/// The task as JSON text, as it goes into every item.
+pub fn task_json(shape: &Shape) -> String {
+    serde_json::to_string(shape.task.as_deref().unwrap_or_default()).expect("a string serialises")
 }
 
 fn key_from_digest(digest: &[u8; 32]) -> String {
@@ -198,6 +220,7 @@ async fn scan<W: AsyncWrite + Unpin>(
     reader: impl AsyncRead + Unpin,
     mut spool: Option<&mut W>,
     shape: &Shape,
+    caps: PartCaps,
     name: &Path,
     cancel: &CancellationToken,
     progress: &dyn Progress,
@@ -206,6 +229,9 @@ async fn scan<W: AsyncWrite + Unpin>(
     let mut hasher = hasher_for(shape);
     let (mut items, mut bytes, mut reported) = (0u64, 0u64, 0u64);
     let mut raw_indexes_readable = true;
+    let mut line_number = 0u64;
+    let task_json = (!shape.raw).then(|| task_json(shape));
+    let mut splitter = Splitter::new(caps, task_json.as_deref());
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
     progress.event(ProgressEvent::Counting { bytes: 0 });
@@ -217,7 +243,10 @@ async fn scan<W: AsyncWrite + Unpin>(
             raw = lines.next_raw() => raw.map_err(input_error(name))?,
         };
         let Some(raw) = raw else { break };
+        // The reader's own count cannot be read while `raw` borrows it.
+        line_number += 1;
         hasher.update(raw);
+        let offset = bytes;
         bytes += raw.len() as u64;
         if let Some(spool) = spool.as_mut() {
             spool
@@ -226,8 +255,11 @@ async fn scan<W: AsyncWrite + Unpin>(
                 .map_err(input_error(Path::new("the temporary spool file")))?;
         }
         let line = content(raw);
-        if !is_blank(line) {
+        if is_blank(line) {
+            splitter.blank();
+        } else {
             items += 1;
+            splitter.item(offset, line_number, line.len() as u64);
             if shape.raw {
                 raw_indexes_readable &= probe_index(line) != Probe::Unreadable;
             } else if let Err(reason) = check_payload(line) {
@@ -248,6 +280,7 @@ async fn scan<W: AsyncWrite + Unpin>(
         bytes,
         digest: hasher.finalize().into(),
         raw_indexes_readable,
+        parts: splitter.finish(),
     })
 }
 
@@ -270,6 +303,7 @@ mod tests {
             body,
             None::<&mut tokio::io::Sink>,
             shape,
+            PartCaps::new(None, None),
             name,
             &cancel,
             &NoProgress,
@@ -346,6 +380,7 @@ mod tests {
             &b"1\n"[..],
             None::<&mut tokio::io::Sink>,
             &shape(false, "t"),
+            PartCaps::new(None, None),
             Path::new("x"),
             &cancel,
             &NoProgress,

@@ -1,6 +1,7 @@
 //! What `sluice send` tells the person watching: a bar on a terminal, a plain line every few
 //! seconds otherwise, nothing with `--quiet`. The sender only emits events; it never prints.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,23 +21,41 @@ pub enum ProgressEvent<'a> {
         items: u64,
         bytes: u64,
     },
-    /// The batch exists; `resumed` when it was found again through the idempotency key.
-    BatchReady {
+    /// The input is cut into `parts` batches holding `items` items in all.
+    Planned {
+        parts: u32,
+        items: u64,
+    },
+    /// A part's batch exists; `resumed` when it was found again through its idempotency key.
+    PartReady {
+        part: u32,
+        parts: u32,
         id: &'a str,
         resumed: bool,
+        first_item: u64,
+        items: u64,
     },
-    /// An items request starts; `items` is what it plans to send (0 for a status probe).
+    /// An items request of a part starts; `items` is what it plans to send (0 for a status
+    /// probe).
     AttemptStarted {
+        part: u32,
         attempt: u32,
         items: u64,
     },
-    /// More of the body was handed to the connection.
+    /// More of a part's body was handed to the connection.
     Sent {
+        part: u32,
         items: u64,
         bytes: u64,
     },
-    /// The whole body is handed over; the server is still working through it.
-    BodySent,
+    /// A part's whole body is handed over; the server is still working through it.
+    BodySent {
+        part: u32,
+    },
+    /// A part's batch is sealed.
+    PartSealed {
+        part: u32,
+    },
     Retrying {
         delay: Duration,
         reason: &'a str,
@@ -66,17 +85,132 @@ pub fn for_stderr(quiet: bool) -> Arc<dyn Progress> {
     }
 }
 
-fn batch_line(id: &str, resumed: bool) -> String {
-    match resumed {
+fn batch_line(part: u32, parts: u32, id: &str, resumed: bool, first: u64, items: u64) -> String {
+    let what = match resumed {
         true => format!("found batch {id} by its idempotency key (this input was sent before)"),
         false => format!("created batch {id}"),
+    };
+    match parts {
+        1 => what,
+        _ => format!(
+            "part {part}/{parts} (items {first}–{}): {what}",
+            first + items - 1
+        ),
     }
 }
 
-fn attempt_line(attempt: u32, items: u64) -> String {
-    match attempt {
+fn attempt_line(part: u32, parts: u32, attempt: u32, items: u64) -> String {
+    let what = match attempt {
         1 => format!("sending {items} items"),
         _ => format!("attempt {attempt}: sending {items} items"),
+    };
+    match parts {
+        1 => what,
+        _ => format!("part {part}/{parts}: {what}"),
+    }
+}
+
+/// One part as the bar counts it.
+#[derive(Debug, Default, Clone, Copy)]
+struct PartTally {
+    items: u64,
+    /// Items the server had before the current attempt.
+    stored_before: u64,
+    /// Items the current attempt has sent.
+    sent: u64,
+    streaming: bool,
+}
+
+/// Progress over every part: an item counts once, as stored or sent, whatever the retries.
+#[derive(Debug, Default)]
+struct Tally {
+    parts: u32,
+    items: u64,
+    by_part: BTreeMap<u32, PartTally>,
+    bytes: u64,
+}
+
+impl Tally {
+    fn position(&self) -> u64 {
+        self.by_part
+            .values()
+            .map(|part| part.items.min(part.stored_before + part.sent))
+            .sum()
+    }
+
+    fn part(&mut self, part: u32) -> &mut PartTally {
+        self.by_part.entry(part).or_default()
+    }
+
+    /// Applies an event; returns a line to print, if any.
+    fn apply(&mut self, event: ProgressEvent<'_>) -> Option<String> {
+        match event {
+            ProgressEvent::Counting { .. } | ProgressEvent::Finished => None,
+            ProgressEvent::Counted { items, bytes } => {
+                Some(format!("{items} items in {}", HumanBytes(bytes)))
+            }
+            ProgressEvent::Planned { parts, items } => {
+                (self.parts, self.items) = (parts, items);
+                (parts > 1).then(|| format!("sending them as {parts} batches"))
+            }
+            ProgressEvent::PartReady {
+                part,
+                parts,
+                id,
+                resumed,
+                first_item,
+                items,
+            } => {
+                self.part(part).items = items;
+                Some(batch_line(part, parts, id, resumed, first_item, items))
+            }
+            ProgressEvent::AttemptStarted {
+                part,
+                attempt,
+                items,
+            } => {
+                let parts = self.parts;
+                let tally = self.part(part);
+                tally.streaming = true;
+                if items == 0 {
+                    return None;
+                }
+                (tally.stored_before, tally.sent) = (tally.items.saturating_sub(items), 0);
+                Some(attempt_line(part, parts, attempt, items))
+            }
+            ProgressEvent::Sent { part, items, bytes } => {
+                self.part(part).sent += items;
+                self.bytes += bytes;
+                None
+            }
+            ProgressEvent::BodySent { .. } => None,
+            ProgressEvent::PartSealed { part } => {
+                let tally = self.part(part);
+                (tally.stored_before, tally.streaming) = (tally.items, false);
+                None
+            }
+            ProgressEvent::Retrying { delay, reason } => {
+                Some(format!("{reason}; retrying in {:.1}s", delay.as_secs_f64()))
+            }
+        }
+    }
+
+    /// Which parts are streaming, e.g. `part 2/3` or `parts 2, 3 of 3`; empty for one part.
+    fn streaming(&self) -> String {
+        if self.parts <= 1 {
+            return String::new();
+        }
+        let streaming: Vec<String> = self
+            .by_part
+            .iter()
+            .filter(|(_, part)| part.streaming)
+            .map(|(number, _)| number.to_string())
+            .collect();
+        match streaming.len() {
+            0 => String::new(),
+            1 => format!("part {}/{}", streaming[0], self.parts),
+            _ => format!("parts {} of {}", streaming.join(", "), self.parts),
+        }
     }
 }
 
@@ -91,10 +225,10 @@ fn sending_style() -> ProgressStyle {
         })
 }
 
-/// An indicatif bar: items, items/s, bytes, ETA.
+/// An indicatif bar over every part: items, items/s, bytes, ETA, and which part is streaming.
 pub struct TerminalBar {
     bar: ProgressBar,
-    bytes: Mutex<u64>,
+    tally: Mutex<Tally>,
 }
 
 impl TerminalBar {
@@ -103,7 +237,7 @@ impl TerminalBar {
         bar.enable_steady_tick(Duration::from_millis(120));
         Self {
             bar,
-            bytes: Mutex::new(0),
+            tally: Mutex::new(Tally::default()),
         }
     }
 }
@@ -113,6 +247,8 @@ impl Progress for TerminalBar {
         if self.bar.is_finished() {
             return;
         }
+        let mut tally = self.tally.lock().expect("lock");
+        let line = tally.apply(event);
         match event {
             ProgressEvent::Counting { bytes } => {
                 if bytes == 0 {
@@ -122,38 +258,31 @@ impl Progress for TerminalBar {
                 }
                 self.bar.set_position(bytes);
             }
-            ProgressEvent::Counted { items, bytes } => self
-                .bar
-                .println(format!("{items} items in {}", HumanBytes(bytes))),
-            ProgressEvent::BatchReady { id, resumed } => self.bar.println(batch_line(id, resumed)),
-            ProgressEvent::AttemptStarted { attempt, items } => {
-                *self.bytes.lock().expect("lock") = 0;
+            ProgressEvent::Planned { items, .. } => {
                 self.bar.set_style(sending_style());
                 self.bar.reset();
                 self.bar.set_length(items);
-                self.bar.set_message(match items {
-                    0 => "asking the server what it misses".to_owned(),
-                    _ => format!("{}", HumanBytes(0)),
-                });
-                if attempt > 1 && items > 0 {
-                    self.bar.println(attempt_line(attempt, items));
-                }
             }
-            ProgressEvent::BodySent => {
-                let total = *self.bytes.lock().expect("lock");
-                self.bar
-                    .set_message(format!("{}, waiting for the server", HumanBytes(total)));
+            ProgressEvent::Finished => {
+                self.bar.finish_and_clear();
+                return;
             }
-            ProgressEvent::Sent { items, bytes } => {
-                let mut total = self.bytes.lock().expect("lock");
-                *total += bytes;
-                self.bar.set_message(format!("{}", HumanBytes(*total)));
-                self.bar.inc(items);
-            }
-            ProgressEvent::Retrying { delay, reason } => self
-                .bar
-                .println(format!("{reason}; retrying in {:.1}s", delay.as_secs_f64())),
-            ProgressEvent::Finished => self.bar.finish_and_clear(),
+            _ => {}
+        }
+        if let Some(line) = line {
+            self.bar.println(line);
+        }
+        if !matches!(event, ProgressEvent::Counting { .. }) {
+            self.bar.set_position(tally.position());
+            let waiting = match event {
+                ProgressEvent::BodySent { .. } => ", waiting for the server",
+                _ => "",
+            };
+            self.bar.set_message(format!(
+                "{}{waiting}  {}",
+                HumanBytes(tally.bytes),
+                tally.streaming()
+            ));
         }
     }
 }
@@ -166,9 +295,7 @@ pub struct PlainLines {
 
 #[derive(Default)]
 struct PlainState {
-    planned: u64,
-    items: u64,
-    bytes: u64,
+    tally: Tally,
     started: Option<Instant>,
     last_line: Option<Instant>,
     /// Nothing is printed after the final line.
@@ -181,54 +308,110 @@ impl Progress for PlainLines {
         if state.finished {
             return;
         }
+        if let Some(line) = state.tally.apply(event) {
+            eprintln!("{line}");
+        }
+        let now = Instant::now();
         match event {
-            ProgressEvent::Counting { .. } => {}
             ProgressEvent::Finished => state.finished = true,
-            ProgressEvent::Counted { items, bytes } => {
-                eprintln!("{items} items in {}", HumanBytes(bytes))
+            ProgressEvent::Planned { .. } => {
+                state.started = Some(now);
+                state.last_line = Some(now);
             }
-            ProgressEvent::BatchReady { id, resumed } => eprintln!("{}", batch_line(id, resumed)),
-            ProgressEvent::AttemptStarted { attempt, items } => {
-                let now = Instant::now();
-                *state = PlainState {
-                    planned: items,
-                    started: Some(now),
-                    last_line: Some(now),
-                    ..PlainState::default()
-                };
-                if items > 0 {
-                    eprintln!("{}", attempt_line(attempt, items));
-                }
-            }
-            ProgressEvent::Sent { items, bytes } => {
-                state.items += items;
-                state.bytes += bytes;
-                let now = Instant::now();
+            ProgressEvent::Sent { .. }
                 if state
                     .last_line
-                    .is_some_and(|last| now - last >= PLAIN_INTERVAL)
-                {
-                    state.last_line = Some(now);
-                    let elapsed = state
-                        .started
-                        .map_or(0.0, |start| (now - start).as_secs_f64());
-                    let rate = state.items as f64 / elapsed.max(0.001);
-                    eprintln!(
-                        "sent {}/{} items ({rate:.0} items/s, {})",
-                        state.items,
-                        state.planned,
-                        HumanBytes(state.bytes)
-                    );
-                }
+                    .is_some_and(|last| now - last >= PLAIN_INTERVAL) =>
+            {
+                state.last_line = Some(now);
+                let elapsed = state
+                    .started
+                    .map_or(0.0, |start| (now - start).as_secs_f64());
+                let done = state.tally.position();
+                let rate = done as f64 / elapsed.max(0.001);
+                eprintln!(
+                    "sent {done}/{} items ({rate:.0} items/s, {}) {}",
+                    state.tally.items,
+                    HumanBytes(state.tally.bytes),
+                    state.tally.streaming()
+                );
             }
-            ProgressEvent::BodySent => eprintln!(
-                "sent {} items ({}); waiting for the server",
-                state.items,
-                HumanBytes(state.bytes)
-            ),
-            ProgressEvent::Retrying { delay, reason } => {
-                eprintln!("{reason}; retrying in {:.1}s", delay.as_secs_f64())
+            ProgressEvent::BodySent { part } => {
+                let tally = state.tally.by_part.get(&part).copied().unwrap_or_default();
+                let named = match state.tally.parts {
+                    0 | 1 => String::new(),
+                    parts => format!("part {part}/{parts}: "),
+                };
+                eprintln!("{named}sent {} items; waiting for the server", tally.sent);
             }
+            _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tally_counts_each_item_once_across_parts_and_retries() {
+        let mut tally = Tally::default();
+        tally.apply(ProgressEvent::Planned {
+            parts: 2,
+            items: 30,
+        });
+        for (part, first_item, items) in [(1, 0, 20), (2, 20, 10)] {
+            tally.apply(ProgressEvent::PartReady {
+                part,
+                parts: 2,
+                id: "b",
+                resumed: false,
+                first_item,
+                items,
+            });
+        }
+        tally.apply(ProgressEvent::AttemptStarted {
+            part: 1,
+            attempt: 1,
+            items: 20,
+        });
+        tally.apply(ProgressEvent::Sent {
+            part: 1,
+            items: 15,
+            bytes: 100,
+        });
+        assert_eq!(tally.position(), 15);
+        assert_eq!(tally.streaming(), "part 1/2");
+        // The connection broke; the server misses 8, which are sent again.
+        tally.apply(ProgressEvent::AttemptStarted {
+            part: 1,
+            attempt: 2,
+            items: 0,
+        });
+        tally.apply(ProgressEvent::AttemptStarted {
+            part: 1,
+            attempt: 3,
+            items: 8,
+        });
+        assert_eq!(tally.position(), 12);
+        tally.apply(ProgressEvent::Sent {
+            part: 1,
+            items: 8,
+            bytes: 50,
+        });
+        tally.apply(ProgressEvent::AttemptStarted {
+            part: 2,
+            attempt: 1,
+            items: 10,
+        });
+        assert_eq!(tally.streaming(), "parts 1, 2 of 2");
+        tally.apply(ProgressEvent::PartSealed { part: 1 });
+        tally.apply(ProgressEvent::Sent {
+            part: 2,
+            items: 4,
+            bytes: 30,
+        });
+        assert_eq!((tally.position(), tally.bytes), (24, 180));
+        assert_eq!(tally.streaming(), "part 2/2");
     }
 }

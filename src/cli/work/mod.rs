@@ -275,9 +275,9 @@ impl Worker {
             }
             let request = ClaimRequest {
                 tasks: Some(self.tasks.clone()),
-                limit: Some(permits.len() as u32),
-                lease_ms: Some(self.lease.as_millis() as u64),
-                wait_ms: Some(CLAIM_WAIT_MS),
+                limit: Some(permits.len() as i64),
+                lease_ms: Some(self.lease.as_millis() as i64),
+                wait_ms: Some(CLAIM_WAIT_MS as i64),
             };
             // A claim in flight is not cut by Ctrl-C: runs it was given are run, not left to
             // expire (which would use one of their attempts).
@@ -465,7 +465,7 @@ async fn heartbeat_all(client: Arc<Client>, held: Held, lease: Duration, stop: C
         for part in runs.chunks(MAX_RUNS_PER_CALL) {
             let request = HeartbeatRequest {
                 runs: part.to_vec(),
-                lease_ms: Some(lease.as_millis() as u64),
+                lease_ms: Some(lease.as_millis() as i64),
             };
             let answer: Result<HeartbeatResponse, CallError> = client
                 .post("/api/v3/runs/heartbeat", &request, Some(&stop))

@@ -28,7 +28,7 @@ pub use self::services::{
     PostgresStop, PrivateCluster, PrivatePostgres, PrivateRedis, PrivateS3, poll_until,
 };
 
-fn required_env(name: &str) -> String {
+pub fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the tests with `scripts/test`, which starts every service")
     })

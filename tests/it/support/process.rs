@@ -100,6 +100,18 @@ impl ServerProcess {
         self.process.id().expect("the server is running")
     }
 
+    /// A memory figure of the process from `/proc/{pid}/status`, in bytes: `VmRSS` (resident now)
+    /// or `VmHWM` (its peak).
+    pub fn memory(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status
+            .lines()
+            .find(|line| line.starts_with(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("no {field} in /proc status"));
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
     /// SIGKILL: no shutdown, no flush, nothing the process held in memory survives.
     pub async fn kill(mut self) {
         self.process.start_kill().expect("SIGKILL the server");

@@ -190,9 +190,13 @@ impl Api {
     }
 
     pub async fn create_as(&self, key: &str, body: Value) -> (StatusCode, Value) {
+        self.post_json_as(key, "/api/v3/batches", body).await
+    }
+
+    pub async fn post_json_as(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
         let response = self
             .client
-            .post(self.url("/api/v3/batches"))
+            .post(self.url(path))
             .bearer_auth(key)
             .json(&body)
             .send()
