@@ -318,6 +318,7 @@ impl Bench {
             payloads: self.payloads.clone(),
             store: backend.store.clone(),
             open_until: std::sync::Mutex::new(None),
+            events: sluice::events::Events::unwired(),
         };
         let limits = IngestLimits {
             concurrency,

@@ -12,12 +12,16 @@ use crate::api::ApiState;
 use crate::api::auth::ApiKeys;
 use crate::config::Config;
 use crate::dependency::DependencyError;
+use crate::events::live::{EventBus, Hub, LiveEvents};
+use crate::events::redis::RedisEventBus;
+use crate::events::{EventJournal, Events, ProgressQueue};
 use crate::payloads::PayloadStore;
 use crate::payloads::adapters::{FsPayloadStore, S3PayloadStore};
 use crate::ports::Ports;
 use crate::ports::SealSignal;
 use crate::queue::ItemQueue;
 use crate::queue::adapters::{RedisQueue, TwoStepRedisQueue};
+use crate::runs::batches::ViewPorts;
 use crate::runs::work::{RunsReady, StatusWriters};
 use crate::store::BatchStore;
 use crate::store::adapters::{PostgresStore, SqliteStore, sqlite};
@@ -35,12 +39,26 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// What the SQL store serves: batches, the queue (without Redis), runs, their work (claims and
+/// completions), the event journal.
+type SqlPorts = (
+    Arc<dyn BatchStore>,
+    Arc<dyn ItemQueue>,
+    Arc<dyn RunStore>,
+    Arc<dyn WorkStore>,
+    Arc<dyn EventJournal>,
+);
+
 pub struct App {
     pub config: Config,
     pub store: Arc<dyn BatchStore>,
     pub queue: Arc<dyn ItemQueue>,
     pub payloads: Arc<dyn PayloadStore>,
     pub runs: Arc<dyn RunStore>,
+    pub journal: Arc<dyn EventJournal>,
+    /// Carries live events between nodes; `None` without Redis (one node, or streams of other
+    /// nodes' events read the journal every few seconds).
+    pub event_bus: Option<Arc<RedisEventBus>>,
     pub work: Arc<dyn WorkStore>,
     pub keys: ApiKeys,
     /// The generated key of the embedded mode, when no keys were configured.
@@ -74,23 +92,30 @@ impl App {
         };
 
         let mut embedded = None;
-        type Stores = (
-            Arc<dyn BatchStore>,
-            Arc<dyn ItemQueue>,
-            Arc<dyn RunStore>,
-            Arc<dyn WorkStore>,
-        );
-        let (store, sql_queue, runs, work): Stores = match config.database_connect_url() {
+        let (store, sql_queue, runs, work, journal): SqlPorts = match config.database_connect_url()
+        {
             Some(url) => {
                 let store =
                     Arc::new(PostgresStore::connect(&url, config.database_pool_size()).await?);
-                (store.clone(), store.clone(), store.clone(), store)
+                (
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                    store,
+                )
             }
             None => {
                 tokio::fs::create_dir_all(&config.data_dir).await?;
                 let store = Arc::new(SqliteStore::open(&config.data_dir.join("sluice.db")).await?);
                 embedded = Some(store.clone());
-                (store.clone(), store.clone(), store.clone(), store)
+                (
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                    store,
+                )
             }
         };
         let queue: Arc<dyn ItemQueue> = match &config.redis_url {
@@ -99,6 +124,10 @@ impl App {
             }
             Some(url) => Arc::new(RedisQueue::connect(url).await?),
             None => sql_queue,
+        };
+        let event_bus = match &config.redis_url {
+            Some(url) => Some(Arc::new(RedisEventBus::connect(url).await?)),
+            None => None,
         };
         let payloads: Arc<dyn PayloadStore> = match config.s3() {
             Some(settings) => Arc::new(S3PayloadStore::connect(&settings).await),
@@ -111,6 +140,8 @@ impl App {
             queue,
             payloads,
             runs,
+            journal,
+            event_bus,
             work,
             keys,
             dev_key,
@@ -145,8 +176,21 @@ pub async fn serve(
             }),
         });
     }
-    let (status, status_tasks) =
-        StatusWriters::spawn(app.work.clone(), app.config.status_flush(), &shutdown);
+    // The event tasks outlive the others: they stop once nothing can report a change any more,
+    // and flush what is still queued.
+    let events_stop = CancellationToken::new();
+    let mut event_tasks = Vec::new();
+    let (journal_queue, journal_queued) =
+        tokio::sync::mpsc::channel(crate::events::writer::QUEUE_CAPACITY);
+    let progress = Arc::new(ProgressQueue::default());
+    let hub = Arc::new(Hub::default());
+    let events = Events::new(journal_queue, progress.clone());
+    let (status, status_tasks) = StatusWriters::spawn(
+        app.work.clone(),
+        events.clone(),
+        app.config.status_flush(),
+        &shutdown,
+    );
     let ports = Ports {
         store: app.store,
         queue: app.queue,
@@ -155,8 +199,33 @@ pub async fn serve(
         work: app.work,
         status,
         sealed: SealSignal::default(),
+        events,
+        journal: app.journal,
+        hub: hub.clone(),
         runs_ready: RunsReady::default(),
     };
+    let live = LiveEvents {
+        hub: hub.clone(),
+        bus: app.event_bus.clone().map(|bus| bus as Arc<dyn EventBus>),
+    };
+    event_tasks.push(crate::events::writer::spawn(
+        ports.journal.clone(),
+        live,
+        journal_queued,
+        app.config.journal_writer(),
+        events_stop.clone(),
+    ));
+    event_tasks.push(crate::events::progress::spawn(
+        ViewPorts::of(&ports),
+        app.config.seal_timeout_ms,
+        ports.events.clone(),
+        progress,
+        events_stop.clone(),
+    ));
+    if let Some(bus) = &app.event_bus {
+        // Streams end at shutdown, so the subscription stops with the other jobs.
+        tasks.push(bus.spawn_subscriber(hub, shutdown.clone()));
+    }
     tasks.extend(crate::jobs::spawn(&app.config, &ports, &shutdown));
     if let Some(sqlite) = app.embedded {
         tasks.push(crate::tasks::every(
@@ -186,8 +255,11 @@ pub async fn serve(
     .await;
     shutdown.cancel();
     crate::tasks::join_all(tasks).await;
-    // Last: the status flushers end once the requests holding them are gone, after a final flush.
+    // The status flushers end once the requests holding them are gone, after a final flush.
     crate::tasks::join_all(status_tasks).await;
+    // Last: the events of that final flush are written too.
+    events_stop.cancel();
+    crate::tasks::join_all(event_tasks).await;
     served
 }
 

@@ -210,6 +210,21 @@ pub struct Config {
           default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub materialise_lease_ms: u64,
 
+    /// Events waiting for the journal that start a flush at once (each flush is one insert).
+    #[arg(long = "journal-flush-max-events", env = "SLUICE_JOURNAL_FLUSH_MAX_EVENTS", value_name = "SLUICE_JOURNAL_FLUSH_MAX_EVENTS",
+          default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub journal_flush_max_events: u32,
+
+    /// Longest an event waits for its journal flush, in milliseconds.
+    #[arg(long = "journal-flush-interval-ms", env = "SLUICE_JOURNAL_FLUSH_INTERVAL_MS", value_name = "SLUICE_JOURNAL_FLUSH_INTERVAL_MS",
+          default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub journal_flush_interval_ms: u64,
+
+    /// Event streams (GET /api/v3/batches/{id}/events) a tenant may have open on this node;
+    /// beyond, 429.
+    #[arg(long = "max-event-streams-per-tenant", env = "SLUICE_MAX_EVENT_STREAMS_PER_TENANT", value_name = "SLUICE_MAX_EVENT_STREAMS_PER_TENANT",
+          default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_event_streams_per_tenant: u32,
     /// Status writes (claims, heartbeats, completions) grouped into one transaction; `1` writes
     /// each on its own.
     #[arg(long = "status-flush-max-items", env = "SLUICE_STATUS_FLUSH_MAX_ITEMS", value_name = "SLUICE_STATUS_FLUSH_MAX_ITEMS",
@@ -285,6 +300,9 @@ impl Config {
             materialise_chunk_items: 5_000,
             materialise_pipeline_depth: 2,
             materialise_lease_ms: 30_000,
+            journal_flush_max_events: 16,
+            journal_flush_interval_ms: 100,
+            max_event_streams_per_tenant: 100,
             status_flush_max_items: 1_000,
             status_flush_interval_ms: 5,
             claim_wait_max_ms: 30_000,
@@ -346,6 +364,13 @@ impl Config {
         } else {
             format!("{base}?{}", kept.join("&"))
         })
+    }
+
+    pub fn journal_writer(&self) -> crate::events::writer::WriterSettings {
+        crate::events::writer::WriterSettings {
+            flush_max_events: self.journal_flush_max_events as usize,
+            flush_interval: std::time::Duration::from_millis(self.journal_flush_interval_ms),
+        }
     }
 
     pub fn materialise(&self) -> MaterialiseSettings {

@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dependency;
+pub mod events;
 pub mod flusher;
 pub mod ingest;
 pub mod jobs;

@@ -166,6 +166,36 @@ pub fn batches_waiting(count: u64) {
     gauge!("sluice_batches_waiting").set(count as f64);
 }
 
+/// Journal rows written, by event kind (`batch`, `run`).
+pub fn journal_rows_written(kind: &'static str, rows: u64) {
+    counter!("sluice_journal_rows_written_total", "kind" => kind).increment(rows);
+}
+
+/// Insert statements the journal writer ran (one per flush, one per row when it falls back).
+pub fn journal_insert_statements(count: u64) {
+    counter!("sluice_journal_insert_statements_total").increment(count);
+}
+
+pub fn journal_flushed(elapsed: Duration) {
+    histogram!("sluice_journal_flush_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+/// Events not written: `journal_closed` (after their batch's terminal event), `store_failed`
+/// (the store was down at shutdown), `writer_stopped`.
+pub fn journal_events_dropped(reason: &'static str, count: u64) {
+    counter!("sluice_journal_events_dropped_total", "reason" => reason).increment(count);
+}
+
+/// From an event being queued to its publish after commit.
+pub fn event_publish_delay(elapsed: Duration) {
+    histogram!("sluice_event_publish_delay_seconds").record(elapsed.as_secs_f64());
+}
+
+/// Event streams open on this node.
+pub fn event_streams_open(delta: f64) {
+    gauge!("sluice_event_streams_open").increment(delta);
+}
+
 /// One flush of a status flusher: how many writes it grouped, how long it took, whether it
 /// committed.
 pub fn flush(flusher: &'static str, items: usize, elapsed: Duration, committed: bool) {

@@ -1,10 +1,14 @@
-//! The ports the use cases work through, bundled: the batch store, the item queue, the
-//! payload store, the run and work stores, and the status writers over them. Adapters behind each are chosen by the wiring (`app.rs`).
+//! The ports the use cases work through, bundled: the batch store, the item queue, the payload
+//! store, the run and work stores, the status writers over them, and the batch events (the
+//! journal, its live fan-out, and the handle that reports changes). Adapters behind each are
+//! chosen by the wiring (`app.rs`).
 
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::events::live::Hub;
+use crate::events::{EventJournal, Events};
 use crate::payloads::PayloadStore;
 use crate::queue::ItemQueue;
 use crate::runs::work::{RunsReady, StatusWriters};
@@ -25,6 +29,12 @@ pub struct Ports {
     pub sealed: SealSignal,
     /// Wakes this node's waiting claims when runs may have become claimable.
     pub runs_ready: RunsReady,
+    /// Where changes of batches and runs are reported, for the batches' event streams.
+    pub events: Events,
+    /// The batches' event journals, which streams replay.
+    pub journal: Arc<dyn EventJournal>,
+    /// This node's live event streams, by batch.
+    pub hub: Arc<Hub>,
 }
 
 /// A wake-up for the materialiser: sealing a batch signals it, so the batch's runs start being

@@ -77,6 +77,10 @@ pub enum ApiError {
     PayloadNotFound,
     #[error("batch is {0} and can no longer be canceled")]
     BatchFinal(&'static str),
+    #[error(
+        "this API key has {0} event streams open on this server already; close one, or retry later"
+    )]
+    TooManyEventStreams(u32),
 }
 
 impl ApiError {
@@ -102,7 +106,9 @@ impl ApiError {
                 BodyStop::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             },
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyEventStreams(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Dependency(error) | Self::StreamFailed(error, _) if error.is_unavailable() => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -135,6 +141,7 @@ impl ApiError {
             },
             Self::Overloaded(_) => "OVERLOADED",
             Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::TooManyEventStreams(_) => "TOO_MANY_EVENT_STREAMS",
             Self::Dependency(error) | Self::StreamFailed(error, _) if error.is_unavailable() => {
                 "DEPENDENCY_UNAVAILABLE"
             }
@@ -205,6 +212,9 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
+        }
+        if let Self::TooManyEventStreams(_) = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if let Self::RateLimited {
             retry_after_seconds,

@@ -6,7 +6,9 @@ pub mod admission;
 pub mod auth;
 pub mod batches;
 pub mod body;
+pub mod dashboard;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod items;
 pub mod limits;
@@ -96,6 +98,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v3/batches/{id}/items", stream_items)
         .route("/api/v3/batches/{id}/cancel", post(batches::cancel_batch))
         .route("/api/v3/batches/{id}/runs", get(runs::list_runs))
+        .route("/api/v3/batches/{id}/events", get(events::batch_events))
         .route("/api/v3/runs/claim", post(workers::claim))
         .route("/api/v3/runs/heartbeat", post(workers::heartbeat))
         .route(
@@ -108,6 +111,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v2/batches/{id}", get(trigger::get_batch_v2))
         .route("/api/v1/batches/{id}", get(trigger::get_batch_v1))
         .route("/healthz", get(health::healthz))
+        .route("/", get(dashboard::page))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::admission::LoadShield;
 use super::auth::ApiKeys;
 use super::body::{BodyLimits, StopSignal};
+use super::events::EventStreamCap;
 use super::rate_limit::CreateRateLimiter;
 use crate::config::Config;
 use crate::ingest::pipeline::IngestLimits;
@@ -20,6 +21,7 @@ pub struct Api {
     pub keys: ApiKeys,
     pub shield: LoadShield,
     pub create_limiter: Arc<CreateRateLimiter>,
+    pub event_streams: EventStreamCap,
 }
 
 /// The API behind one `Arc`, and the server's shutdown token.
@@ -46,6 +48,7 @@ impl ApiState {
                 config.create_rate_per_second,
                 config.create_rate_burst,
             )),
+            event_streams: EventStreamCap::new(config.max_event_streams_per_tenant),
             config,
             ports,
             keys,
@@ -54,6 +57,12 @@ impl ApiState {
             api: Arc::new(api),
             shutdown,
         }
+    }
+
+    /// Cancelled when the server starts stopping: event streams end then (their clients
+    /// reconnect, with their last event id, to a node that is not stopping).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     pub fn ingest_limits(&self) -> IngestLimits {

@@ -154,6 +154,7 @@ pub async fn stream_into_batch(
         payloads: ports.payloads.clone(),
         store: ports.store.clone(),
         open_until: std::sync::Mutex::new(None),
+        events: ports.events.clone(),
     };
     let (summary, result) = ingest(reads, &target, limits).await;
     summary.record_metrics();
@@ -182,6 +183,7 @@ pub async fn stream_into_batch(
             if matches!(seal, SealOutcome::Sealed) {
                 // This node starts writing the batch's runs now, not at the next wake-up.
                 ports.sealed.batch_sealed();
+                ports.events.batch_status(tenant, &batch.id);
             }
             Some(seal)
         }

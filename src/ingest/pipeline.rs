@@ -19,6 +19,7 @@ use futures::{FutureExt, Stream, StreamExt};
 
 use super::summary::IngestSummary;
 use crate::dependency::DependencyError;
+use crate::events::Events;
 use crate::metrics;
 use crate::payloads::{PayloadStore, payload_key};
 use crate::protocol::framer::{Frame, FrameKind, map_frames};
@@ -63,6 +64,8 @@ pub struct IngestTarget {
     pub store: Arc<dyn BatchStore>,
     /// Until when the last read of the batch found it unsealed and is trusted.
     pub open_until: std::sync::Mutex<Option<Instant>>,
+    /// Told after each enqueue, for the batch's progress events.
+    pub events: Events,
 }
 
 /// How long a read that found the batch unsealed is trusted. Far below the delay before a sealed
@@ -90,7 +93,11 @@ async fn enqueue_unless_sealed(
         }
         *target.open_until.lock().expect("never poisoned") = Some(read_at + SEALED_CHECK_PERIOD);
     }
-    target.queue.enqueue(&target.batch_id, items).await
+    let enqueued = target.queue.enqueue(&target.batch_id, items).await?;
+    target
+        .events
+        .batch_changed(&target.tenant, &target.batch_id);
+    Ok(enqueued)
 }
 
 /// What one line turned into once its payload (if large) is offloaded.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::events::Events;
 use crate::store::{BatchStore, now_millis};
 use crate::tasks::{self, NamedTask};
 
@@ -20,6 +21,7 @@ fn period(seal_timeout_ms: u64) -> Duration {
 
 pub fn spawn(
     store: Arc<dyn BatchStore>,
+    events: Events,
     seal_timeout_ms: u64,
     shutdown: CancellationToken,
 ) -> NamedTask {
@@ -30,13 +32,19 @@ pub fn spawn(
         Duration::ZERO,
         shutdown,
         move || {
-            let store = store.clone();
+            let (store, events) = (store.clone(), events.clone());
             async move {
                 let created_before = now_millis().saturating_sub(seal_timeout_ms as i64);
                 match store.abort_unsealed(created_before).await {
-                    Ok(0) => {}
+                    Ok(aborted) if aborted.is_empty() => {}
                     Ok(aborted) => {
-                        tracing::info!(aborted, "aborted batches past their seal timeout")
+                        tracing::info!(
+                            aborted = aborted.len(),
+                            "aborted batches past their seal timeout"
+                        );
+                        for (tenant, batch_id) in &aborted {
+                            events.batch_status(tenant, batch_id);
+                        }
                     }
                     Err(error) => tracing::warn!(error = %error, "could not abort expired batches"),
                 }

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{Events, RunEvent};
 use crate::runs::work::RunsReady;
 use crate::store::now_millis;
-use crate::store::work::WorkStore;
+use crate::store::runs::RunStatus;
+use crate::store::work::{Swept, WorkStore};
 use crate::tasks::{self, NamedTask};
 
 /// Runs returned per transaction.
@@ -23,16 +25,18 @@ const GROUPS_PER_TICK: u32 = 10;
 pub fn spawn(
     work: Arc<dyn WorkStore>,
     ready: RunsReady,
+    events: Events,
     period: Duration,
     shutdown: CancellationToken,
 ) -> NamedTask {
     tasks::every("lease-sweep", period, period / 2, shutdown, move || {
-        let (work, ready) = (work.clone(), ready.clone());
+        let (work, ready, events) = (work.clone(), ready.clone(), events.clone());
         async move {
             for _ in 0..GROUPS_PER_TICK {
                 match work.sweep_expired_leases(now_millis(), SWEEP_GROUP).await {
                     Ok(swept) => {
                         crate::metrics::leases_expired(swept.returned, swept.failed);
+                        report_swept(&events, &swept).await;
                         if swept.returned > 0 {
                             ready.runs_added();
                         }
@@ -48,4 +52,29 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// A `run` event for each run the sweep failed, then each batch touched (one may have turned
+/// final with its last run).
+async fn report_swept(events: &Events, swept: &Swept) {
+    let mut finished = std::collections::BTreeSet::new();
+    for (tenant, batch_id, index, attempt) in &swept.failed_runs {
+        let run = RunEvent {
+            index: *index,
+            status: RunStatus::Failed,
+            attempt: *attempt,
+            error: Some((
+                "LEASE_EXPIRED".into(),
+                "the lease expired before the run was reported".into(),
+            )),
+        };
+        events.run_final(tenant, batch_id, run).await;
+        finished.insert((tenant, batch_id));
+    }
+    for (tenant, batch_id) in finished {
+        events.runs_turned_final(tenant, batch_id);
+    }
+    for (tenant, batch_id) in &swept.returned_in {
+        events.batch_changed(tenant, batch_id);
+    }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::events::Events;
 use crate::ports::SealSignal;
 use crate::queue::ItemQueue;
 use crate::runs::materialise::{MaterialiseSettings, Pass, materialise_next};
@@ -24,6 +25,7 @@ pub fn spawn(
     runs: Arc<dyn RunStore>,
     queue: Arc<dyn ItemQueue>,
     signal: SealSignal,
+    events: Events,
     ready: RunsReady,
     settings: MaterialiseSettings,
     shutdown: CancellationToken,
@@ -66,7 +68,7 @@ pub fn spawn(
                 // A pass cut here loses nothing: its chunk either committed with its checkpoint
                 // or not at all, and its claim expires for another pass to go on.
                 () = shutdown.cancelled() => return,
-                () = materialise_waiting(&runs, &queue, &ready, settings) => {}
+                () = materialise_waiting(&runs, &queue, &events, &ready, settings) => {}
             }
         }
     });
@@ -83,11 +85,12 @@ pub fn spawn(
 async fn materialise_waiting(
     runs: &Arc<dyn RunStore>,
     queue: &Arc<dyn ItemQueue>,
+    events: &Events,
     ready: &RunsReady,
     settings: MaterialiseSettings,
 ) {
     loop {
-        match materialise_next(runs, queue, ready, settings).await {
+        match materialise_next(runs, queue, events, ready, settings).await {
             Ok(Pass::Idle) => return,
             Ok(Pass::Done {
                 batch_id,

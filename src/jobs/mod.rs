@@ -16,6 +16,7 @@ use crate::tasks::NamedTask;
 pub fn spawn(config: &Config, ports: &Ports, shutdown: &CancellationToken) -> Vec<NamedTask> {
     let mut jobs = vec![expire::spawn(
         ports.store.clone(),
+        ports.events.clone(),
         config.seal_timeout_ms,
         shutdown.clone(),
     )];
@@ -23,6 +24,7 @@ pub fn spawn(config: &Config, ports: &Ports, shutdown: &CancellationToken) -> Ve
         ports.runs.clone(),
         ports.queue.clone(),
         ports.sealed.clone(),
+        ports.events.clone(),
         ports.runs_ready.clone(),
         config.materialise(),
         shutdown.clone(),
@@ -30,6 +32,7 @@ pub fn spawn(config: &Config, ports: &Ports, shutdown: &CancellationToken) -> Ve
     jobs.push(lease_sweep::spawn(
         ports.work.clone(),
         ports.runs_ready.clone(),
+        ports.events.clone(),
         std::time::Duration::from_millis(config.lease_sweep_interval_ms),
         shutdown.clone(),
     ));

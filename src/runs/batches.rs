@@ -1,12 +1,15 @@
 //! Reading batches with their runs' progress, listing a tenant's batches, canceling one, and the
 //! trigger.dev view of a batch.
 
+use std::sync::Arc;
+
 use super::id::run_id;
 use super::{Page, RunsError};
 use crate::ingest::batches::{BatchError, find_batch};
 use crate::ports::Ports;
+use crate::queue::ItemQueue;
 use crate::store::runs::{BatchCursor, Canceled, Run, RunCounts, RunStatus, RunStore};
-use crate::store::{Batch, BatchStatus, now_millis};
+use crate::store::{Batch, BatchStatus, BatchStore, now_millis};
 
 /// Most run ids and errors the trigger.dev view lists.
 pub const TRIGGER_MAX_RUNS: u32 = 1000;
@@ -32,15 +35,53 @@ pub struct BatchView {
     pub counts: RunCounts,
 }
 
+/// What reading a batch's view takes, for callers that hold no [`Ports`].
+#[derive(Clone)]
+pub struct ViewPorts {
+    pub store: Arc<dyn BatchStore>,
+    pub queue: Arc<dyn ItemQueue>,
+    pub runs: Arc<dyn RunStore>,
+}
+
+impl ViewPorts {
+    pub fn of(ports: &Ports) -> Self {
+        Self {
+            store: ports.store.clone(),
+            queue: ports.queue.clone(),
+            runs: ports.runs.clone(),
+        }
+    }
+}
+
+/// [`batch_view`] over the three stores it reads.
+pub async fn batch_view_over(
+    ports: &ViewPorts,
+    tenant: &str,
+    id: &str,
+    seal_timeout_ms: u64,
+) -> Result<BatchView, RunsError> {
+    let (batch, status) = find_batch(ports.store.as_ref(), tenant, id, seal_timeout_ms).await?;
+    view_with(ports.queue.as_ref(), ports.runs.as_ref(), batch, status).await
+}
+
 async fn view_of(ports: &Ports, batch: Batch, status: BatchStatus) -> Result<BatchView, RunsError> {
+    view_with(ports.queue.as_ref(), ports.runs.as_ref(), batch, status).await
+}
+
+async fn view_with(
+    queue: &dyn ItemQueue,
+    runs: &dyn RunStore,
+    batch: Batch,
+    status: BatchStatus,
+) -> Result<BatchView, RunsError> {
     // A sealed batch has every index enqueued (its queue items go once its runs are written).
     let enqueued = if batch.sealed {
         u64::from(batch.run_count)
     } else {
-        ports.queue.progress(&batch.id).await?.enqueued
+        queue.progress(&batch.id).await?.enqueued
     };
     let counts = if batch.materialised_count > 0 {
-        ports.runs.run_counts(&batch.id).await?
+        runs.run_counts(&batch.id).await?
     } else {
         RunCounts::default()
     };
@@ -129,7 +170,11 @@ pub async fn cancel_batch(
         return Err(RunsError::BatchFinal(status));
     }
     match ports.runs.cancel_batch(tenant, id, now_millis()).await? {
-        Canceled::Canceled(batch) => view_of(ports, batch, BatchStatus::Canceled).await,
+        Canceled::Canceled(batch) => {
+            // One batch event sums up the runs canceled with it (no run event each).
+            ports.events.batch_status(tenant, id);
+            view_of(ports, batch, BatchStatus::Canceled).await
+        }
         Canceled::Final(status) => Err(RunsError::BatchFinal(status)),
         Canceled::NotFound => Err(RunsError::BatchNotFound),
     }

@@ -16,8 +16,9 @@ use tokio::sync::{Semaphore, mpsc};
 use super::decode::decode_chunk;
 use super::work::RunsReady;
 use crate::dependency::DependencyError;
+use crate::events::{Events, RunEvent};
 use crate::queue::ItemQueue;
-use crate::store::runs::{ChunkCommitted, MaterialiseClaim, RunChunk, RunStore};
+use crate::store::runs::{ChunkCommitted, MaterialiseClaim, RunChunk, RunStatus, RunStore};
 use crate::store::{Millis, now_millis};
 
 /// How a pass runs.
@@ -81,6 +82,7 @@ fn millis(duration: Duration) -> Millis {
 pub async fn materialise_next(
     runs: &Arc<dyn RunStore>,
     queue: &Arc<dyn ItemQueue>,
+    events: &Events,
     ready: &RunsReady,
     settings: MaterialiseSettings,
 ) -> Result<Pass, MaterialiseError> {
@@ -95,11 +97,15 @@ pub async fn materialise_next(
     let started_at = claim.next_index;
     let runs_written = claim.run_count - started_at;
     let result = async {
-        if write_runs(&claim, runs, queue, ready, settings).await? == ChunkCommitted::ClaimLost {
+        if write_runs(&claim, runs, queue, events, ready, settings).await?
+            == ChunkCommitted::ClaimLost
+        {
             return Ok(Pass::ClaimLost {
                 batch_id: claim.batch_id.clone(),
             });
         }
+        // Every run is written: a batch of failed items only is final now.
+        events.batch_status(&claim.tenant, &claim.batch_id);
         let now = now_millis();
         let delete_at = claim.sealed_at + millis(QUEUE_DELETE_GRACE);
         if now < delete_at {
@@ -133,6 +139,24 @@ pub async fn materialise_next(
     }
 }
 
+/// A committed chunk's failed items are `FAILED` runs already: one `run` event each; and the
+/// batch's progress moved.
+async fn report_chunk(claim: &MaterialiseClaim, chunk: &RunChunk, events: &Events) {
+    for position in (0..chunk.len()).filter(|&position| chunk.failed[position]) {
+        let run = RunEvent {
+            index: chunk.index[position] as u32,
+            status: RunStatus::Failed,
+            attempt: 0,
+            error: Some((
+                chunk.error_code[position].clone().unwrap_or_default(),
+                chunk.error_message[position].clone().unwrap_or_default(),
+            )),
+        };
+        events.run_final(&claim.tenant, &claim.batch_id, run).await;
+    }
+    events.batch_changed(&claim.tenant, &claim.batch_id);
+}
+
 /// The index ranges of the chunks from `next` to the end, inclusive.
 fn chunk_ranges(next: u32, run_count: u32, chunk_items: u32) -> Vec<(u32, u32)> {
     let step = chunk_items.max(1);
@@ -152,6 +176,7 @@ async fn write_runs(
     claim: &MaterialiseClaim,
     runs: &Arc<dyn RunStore>,
     queue: &Arc<dyn ItemQueue>,
+    events: &Events,
     ready: &RunsReady,
     settings: MaterialiseSettings,
 ) -> Result<ChunkCommitted, MaterialiseError> {
@@ -188,7 +213,8 @@ async fn write_runs(
             }
         })
     };
-    let committed = commit_in_order(claim, runs, &mut prepared, ready, settings.lease).await;
+    let committed =
+        commit_in_order(claim, runs, events, &mut prepared, ready, settings.lease).await;
     reader.abort();
     committed
 }
@@ -196,6 +222,7 @@ async fn write_runs(
 async fn commit_in_order(
     claim: &MaterialiseClaim,
     runs: &Arc<dyn RunStore>,
+    events: &Events,
     prepared: &mut mpsc::Receiver<(Prepared, tokio::sync::OwnedSemaphorePermit)>,
     ready: &RunsReady,
     lease: Duration,
@@ -222,6 +249,7 @@ async fn commit_in_order(
         crate::metrics::chunk_committed(started.elapsed(), chunk.len());
         ready.runs_added();
         next += chunk.len() as u32;
+        report_chunk(claim, &chunk, events).await;
     }
     if next != claim.run_count {
         return Err(MaterialiseError::ReaderStopped(claim.batch_id.clone()));

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::RunsError;
 use super::id::parse_run_id;
 use crate::dependency::DependencyError;
+use crate::events::{Events, RunEvent};
 use crate::flusher::{Flush, FlushSettings, Flusher};
 use crate::ports::Ports;
 use crate::protocol::work::{
@@ -58,8 +59,10 @@ pub struct StatusWriters {
 }
 
 impl StatusWriters {
+    /// The flushers over `store`; runs that completions make final are reported to `events`.
     pub fn spawn(
         store: Arc<dyn WorkStore>,
+        events: Events,
         settings: FlushSettings,
         shutdown: &CancellationToken,
     ) -> (Self, Vec<NamedTask>) {
@@ -77,7 +80,7 @@ impl StatusWriters {
         );
         let (completions, completion_task) = Flusher::spawn(
             "completions",
-            CompletionWrites(store),
+            CompletionWrites(store, events),
             settings,
             shutdown.clone(),
         );
@@ -94,7 +97,7 @@ impl StatusWriters {
 
 struct ClaimWrites(Arc<dyn WorkStore>);
 struct HeartbeatWrites(Arc<dyn WorkStore>);
-struct CompletionWrites(Arc<dyn WorkStore>);
+struct CompletionWrites(Arc<dyn WorkStore>, Events);
 
 #[async_trait]
 impl Flush for ClaimWrites {
@@ -130,11 +133,59 @@ impl Flush for CompletionWrites {
     type Outcome = Fenced<Completed>;
 
     async fn flush(&self, items: &[Completion]) -> Result<Vec<Fenced<Completed>>, DependencyError> {
-        self.0.complete(items, now_millis()).await
+        let results = self.0.complete(items, now_millis()).await?;
+        report_completions(&self.1, items, &results).await;
+        Ok(results)
     }
 
     async fn probe(&self) -> Result<(), DependencyError> {
         self.0.probe().await
+    }
+}
+
+/// Tells the batches' event streams what a committed flush of completions did: a `run` event for
+/// each run it made final (a repeated report changes nothing and tells nothing), then each batch
+/// touched, which may have turned final with its last run.
+async fn report_completions(events: &Events, items: &[Completion], results: &[Fenced<Completed>]) {
+    let mut batches: Vec<(&str, &str, bool)> = Vec::new();
+    for (item, result) in items.iter().zip(results) {
+        let Fenced::Applied(done) = result else {
+            continue;
+        };
+        if !done.written {
+            continue;
+        }
+        let turned_final = done.status != RunStatus::Pending;
+        if turned_final {
+            let error = match done.status {
+                RunStatus::Failed => Some((
+                    item.error_code.clone().unwrap_or_else(|| "FAILED".into()),
+                    item.error_message.clone().unwrap_or_default(),
+                )),
+                _ => None,
+            };
+            let run = RunEvent {
+                index: item.run.index,
+                status: done.status,
+                attempt: done.attempt,
+                error,
+            };
+            events
+                .run_final(&item.run.tenant, &item.run.batch_id, run)
+                .await;
+        }
+        let batch = (item.run.tenant.as_str(), item.run.batch_id.as_str());
+        match batches.iter_mut().find(|(t, b, _)| (*t, *b) == batch) {
+            Some(entry) => entry.2 |= turned_final,
+            None => batches.push((batch.0, batch.1, turned_final)),
+        }
+    }
+    for (tenant, batch_id, turned_final) in batches {
+        if turned_final {
+            events.runs_turned_final(tenant, batch_id);
+        } else {
+            events.batch_changed(tenant, batch_id);
+        }
     }
 }
 

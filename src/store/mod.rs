@@ -119,8 +119,12 @@ pub trait BatchStore: Send + Sync + 'static {
     /// sealed or is no longer pending.
     async fn seal(&self, id: &str, now: Millis) -> Result<bool, DependencyError>;
 
-    /// Marks pending batches created before `created_before` as aborted; returns how many.
-    async fn abort_unsealed(&self, created_before: Millis) -> Result<u64, DependencyError>;
+    /// Marks pending batches created before `created_before` as aborted; returns them as
+    /// `(tenant, id)`.
+    async fn abort_unsealed(
+        &self,
+        created_before: Millis,
+    ) -> Result<Vec<(String, String)>, DependencyError>;
 
     async fn ping(&self) -> Result<(), DependencyError>;
 }

@@ -93,6 +93,9 @@ pub enum Fenced<T> {
 pub struct Completed {
     pub status: RunStatus,
     pub attempt: u32,
+    /// Written by this call; `false` for a report repeated under the same lease, which an
+    /// earlier call wrote.
+    pub written: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -102,12 +105,16 @@ pub struct Heartbeat {
 }
 
 /// What one sweep of expired leases did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Swept {
     /// Runs back to `PENDING` for another attempt.
     pub returned: u64,
     /// Runs `FAILED` with `LEASE_EXPIRED`, their attempts used.
     pub failed: u64,
+    /// Those failed runs: `(tenant, batch id, index, attempt)`.
+    pub failed_runs: Vec<(String, String, u32, u32)>,
+    /// Batches with a run returned to `PENDING`: `(tenant, batch id)`.
+    pub returned_in: Vec<(String, String)>,
 }
 
 #[async_trait]

@@ -3,6 +3,8 @@
 
 mod batches;
 mod cluster;
+mod dashboard;
+mod events;
 mod ingest;
 mod limits;
 mod linger;

@@ -65,15 +65,19 @@ impl BatchStore for $store {
         Ok(result.rows_affected() == 1)
     }
 
-    async fn abort_unsealed(&self, created_before: Millis) -> Result<u64, DependencyError> {
-        let result = sqlx::query(
+    async fn abort_unsealed(
+        &self,
+        created_before: Millis,
+    ) -> Result<Vec<(String, String)>, DependencyError> {
+        let aborted = sqlx::query_as(
             "UPDATE batches SET status = 'ABORTED' \
-             WHERE status = 'PENDING' AND sealed = FALSE AND created_at < $1",
+             WHERE status = 'PENDING' AND sealed = FALSE AND created_at < $1 \
+             RETURNING tenant, id",
         )
         .bind(created_before)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(result.rows_affected())
+        Ok(aborted)
     }
 
     async fn ping(&self) -> Result<(), DependencyError> {

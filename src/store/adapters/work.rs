@@ -67,7 +67,7 @@ fn sweep_statement(lock: &str) -> String {
          lease_id = NULL, lease_expires_at = NULL, available_at = $1, updated_at = $1 \
          WHERE (batch_id, idx) IN (SELECT batch_id, idx FROM runs WHERE status = 'CLAIMED' \
          AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2 {lock}) \
-         RETURNING batch_id, status"
+         RETURNING batch_id, status, tenant, idx, attempt"
     )
 }
 
@@ -373,7 +373,11 @@ macro_rules! impl_sql_work_store {
                             Some((status, attempt, same_lease))
                                 if same_lease && replayed(completion.outcome, status) =>
                             {
-                                Fenced::Applied(Completed { status, attempt })
+                                Fenced::Applied(Completed {
+                                    status,
+                                    attempt,
+                                    written: false,
+                                })
                             }
                             Some(_) => Fenced::LeaseLost,
                         },
@@ -391,22 +395,32 @@ macro_rules! impl_sql_work_store {
                 limit: u32,
             ) -> Result<Swept, DependencyError> {
                 let mut transaction = self.pool.begin_with($begin).await?;
-                let rows: Vec<(String, String)> = sqlx::query_as(&sweep_statement($lock))
-                    .bind(now)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *transaction)
-                    .await?;
+                let rows: Vec<(String, String, String, i32, i32)> =
+                    sqlx::query_as(&sweep_statement($lock))
+                        .bind(now)
+                        .bind(i64::from(limit))
+                        .fetch_all(&mut *transaction)
+                        .await?;
                 let mut swept = Swept::default();
                 let (mut finished, mut returned) = (BTreeSet::new(), BTreeSet::new());
-                for (batch_id, status) in rows {
+                let mut returned_in = BTreeSet::new();
+                for (batch_id, status, tenant, index, attempt) in rows {
                     if status == RunStatus::Pending.as_str() {
                         swept.returned += 1;
+                        returned_in.insert((tenant, batch_id.clone()));
                         returned.insert(batch_id);
                     } else {
                         swept.failed += 1;
+                        swept.failed_runs.push((
+                            tenant,
+                            batch_id.clone(),
+                            index as u32,
+                            attempt.max(0) as u32,
+                        ));
                         finished.insert(batch_id);
                     }
                 }
+                swept.returned_in = returned_in.into_iter().collect();
                 Self::settle_batches(&mut transaction, &finished, &returned, now).await?;
                 transaction.commit().await?;
                 Ok(swept)
@@ -446,6 +460,7 @@ fn completions_applied(rows: Vec<(String, i32, String, i32)>, into: &mut Applied
             Completed {
                 status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
                 attempt: attempt.max(0) as u32,
+                written: true,
             },
         );
     }
