@@ -21,7 +21,9 @@ use crate::queue::adapters::{RedisQueue, TwoStepRedisQueue};
 use crate::runs::work::{RunsReady, StatusWriters};
 use crate::store::BatchStore;
 use crate::store::adapters::{PostgresStore, SqliteStore, sqlite};
+use crate::store::retention::RetentionStore;
 use crate::store::runs::RunStore;
+use crate::store::stats::StatsStore;
 use crate::store::work::WorkStore;
 use crate::tasks::NamedTask;
 
@@ -42,6 +44,8 @@ pub struct App {
     pub payloads: Arc<dyn PayloadStore>,
     pub runs: Arc<dyn RunStore>,
     pub work: Arc<dyn WorkStore>,
+    pub retention: Arc<dyn RetentionStore>,
+    pub stats: Arc<dyn StatsStore>,
     pub keys: ApiKeys,
     /// The generated key of the embedded mode, when no keys were configured.
     pub dev_key: Option<String>,
@@ -79,18 +83,24 @@ impl App {
             Arc<dyn ItemQueue>,
             Arc<dyn RunStore>,
             Arc<dyn WorkStore>,
+            Arc<dyn RetentionStore>,
+            Arc<dyn StatsStore>,
         );
-        let (store, sql_queue, runs, work): Stores = match config.database_connect_url() {
+        let (store, sql_queue, runs, work, retention, stats): Stores = match config
+            .database_connect_url()
+        {
             Some(url) => {
                 let store =
                     Arc::new(PostgresStore::connect(&url, config.database_pool_size()).await?);
-                (store.clone(), store.clone(), store.clone(), store)
+                let s = store.clone();
+                (s.clone(), s.clone(), s.clone(), s.clone(), s, store)
             }
             None => {
                 tokio::fs::create_dir_all(&config.data_dir).await?;
                 let store = Arc::new(SqliteStore::open(&config.data_dir.join("sluice.db")).await?);
                 embedded = Some(store.clone());
-                (store.clone(), store.clone(), store.clone(), store)
+                let s = store.clone();
+                (s.clone(), s.clone(), s.clone(), s.clone(), s, store)
             }
         };
         let queue: Arc<dyn ItemQueue> = match &config.redis_url {
@@ -112,6 +122,8 @@ impl App {
             payloads,
             runs,
             work,
+            retention,
+            stats,
             keys,
             dev_key,
             embedded,
@@ -153,6 +165,8 @@ pub async fn serve(
         payloads: app.payloads,
         runs: app.runs,
         work: app.work,
+        retention: app.retention,
+        stats: app.stats,
         status,
         sealed: SealSignal::default(),
         runs_ready: RunsReady::default(),

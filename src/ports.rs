@@ -1,5 +1,5 @@
 //! The ports the use cases work through, bundled: the batch store, the item queue, the
-//! payload store, the run and work stores, and the status writers over them. Adapters behind each are chosen by the wiring (`app.rs`).
+//! payload store, the run, work, retention and stats stores, and the status writers over them. Adapters behind each are chosen by the wiring (`app.rs`).
 
 use std::sync::Arc;
 
@@ -9,7 +9,9 @@ use crate::payloads::PayloadStore;
 use crate::queue::ItemQueue;
 use crate::runs::work::{RunsReady, StatusWriters};
 use crate::store::BatchStore;
+use crate::store::retention::RetentionStore;
 use crate::store::runs::RunStore;
+use crate::store::stats::StatsStore;
 use crate::store::work::WorkStore;
 
 #[derive(Clone)]
@@ -19,6 +21,8 @@ pub struct Ports {
     pub payloads: Arc<dyn PayloadStore>,
     pub runs: Arc<dyn RunStore>,
     pub work: Arc<dyn WorkStore>,
+    pub retention: Arc<dyn RetentionStore>,
+    pub stats: Arc<dyn StatsStore>,
     /// Every status write (claims, heartbeats, completions) goes through these.
     pub status: StatusWriters,
     /// Wakes this node's materialiser when a batch is sealed here.

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::{JobPermits, Tick};
 use crate::store::{BatchStore, now_millis};
-use crate::tasks::{self, NamedTask};
+use crate::tasks::NamedTask;
 
 const LONGEST_PERIOD: Duration = Duration::from_secs(60);
 
@@ -21,26 +22,25 @@ fn period(seal_timeout_ms: u64) -> Duration {
 pub fn spawn(
     store: Arc<dyn BatchStore>,
     seal_timeout_ms: u64,
+    permits: &JobPermits,
     shutdown: CancellationToken,
 ) -> NamedTask {
     let period = period(seal_timeout_ms);
-    tasks::every(
-        "seal-timeout",
-        period,
-        Duration::ZERO,
-        shutdown,
-        move || {
-            let store = store.clone();
-            async move {
-                let created_before = now_millis().saturating_sub(seal_timeout_ms as i64);
-                match store.abort_unsealed(created_before).await {
-                    Ok(0) => {}
-                    Ok(aborted) => {
-                        tracing::info!(aborted, "aborted batches past their seal timeout")
-                    }
-                    Err(error) => tracing::warn!(error = %error, "could not abort expired batches"),
+    super::schedule("seal-timeout", period, permits, shutdown, move || {
+        let store = store.clone();
+        async move {
+            let created_before = now_millis().saturating_sub(seal_timeout_ms as i64);
+            match store.abort_unsealed(created_before).await {
+                Ok(0) => Tick::Idle,
+                Ok(aborted) => {
+                    tracing::info!(aborted, "aborted batches past their seal timeout");
+                    Tick::Worked
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "could not abort expired batches");
+                    Tick::Failed
                 }
             }
-        },
-    )
+        }
+    })
 }

@@ -2,6 +2,7 @@
 //! both in `sql.rs`, and [`crate::queue::ItemQueue`] for deployments without Redis in
 //! `queue/adapters`.
 
+mod maintenance;
 pub mod postgres;
 mod row;
 mod runs;
