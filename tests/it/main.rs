@@ -4,6 +4,7 @@
 mod batches;
 mod cluster;
 mod ingest;
+mod jobs;
 mod limits;
 mod linger;
 mod missing;
