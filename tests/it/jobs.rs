@@ -18,8 +18,8 @@ use sluice::store::{Millis, now_millis};
 
 use crate::runs::crash::runs_in_database;
 use crate::runs::wait_materialised;
-use crate::support::{KEY, Mode, TENANT, TestServer, both_modes, into_parts, poll_until};
-use crate::workers::{batch_of, worker_server};
+use crate::support::{KEY, Mode, TENANT, TestServer, both_modes, poll_until};
+use crate::workers::{batch_of, report, worker_server};
 
 const DAY: Millis = MILLIS_PER_DAY;
 const JOB_LIMIT: Duration = Duration::from_secs(30);
@@ -112,20 +112,9 @@ async fn failed_batch(server: &TestServer, count: u32) -> String {
     id
 }
 
-async fn get(server: &TestServer, path: &str) -> (StatusCode, Value) {
-    let response = server
-        .client
-        .get(server.url(path))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    into_parts(response).await
-}
-
 /// Today's entry of `GET /api/v3/stats`.
 async fn stats_today(server: &TestServer) -> Value {
-    let (status, body) = get(server, "/api/v3/stats?days=3").await;
+    let (status, body) = server.get_as(KEY, "/api/v3/stats?days=3").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let days = body["data"].as_array().unwrap();
     assert_eq!(days.len(), 3, "{body}");
@@ -152,40 +141,40 @@ fn offloaded_key(payload: &[u8]) -> String {
     serde_json::from_slice(payload).unwrap()
 }
 
+/// Today's activity of the tenant, through `first` and `second` (they may be the same node): 3
+/// batches (one never sealed), 6 items of sealed batches, 2 runs completed, 2 failed (one by its
+/// worker, one a failed item) and one still claimed. Returns today's stats it makes.
+async fn todays_activity(first: &TestServer, second: &TestServer, task: &str) -> Value {
+    batch_of(first, task, 4, json!({})).await;
+    let runs = first
+        .claim(json!({ "tasks": [task], "limit": 4, "leaseMs": 60000 }))
+        .await;
+    assert_eq!(runs.len(), 4);
+    let completed = second
+        .complete(json!([
+            report(&runs[0], "COMPLETED"),
+            report(&runs[1], "COMPLETED")
+        ]))
+        .await;
+    let failed = first.complete(json!([report(&runs[2], "FAILED")])).await;
+    assert_eq!(completed.len() + failed.len(), 3);
+    let mixed = second.new_batch(2).await;
+    let (_, body) = second
+        .stream(&mixed, [line(0, task, 10), failing_line(1)].join("\n"))
+        .await;
+    assert_eq!(body["sealed"], true, "{body}");
+    wait_materialised(first, &mixed).await;
+    first.new_batch(5).await;
+    json!({"day": today(), "batches": 3, "items": 6, "runsCompleted": 2, "runsFailed": 2})
+}
+
 #[apply(both_modes)]
 #[tokio::test]
 async fn stats_count_batches_items_and_final_runs_per_day(mode: Mode) {
     let server = worker_server(mode, |config| config.stats_interval_ms = 50).await;
-    // 4 runs: 2 completed, 1 failed by its worker, 1 still claimed.
-    batch_of(&server, "stats", 4, json!({})).await;
-    let runs = server
-        .claim(json!({ "tasks": ["stats"], "limit": 4, "leaseMs": 60000 }))
-        .await;
-    assert_eq!(runs.len(), 4);
-    let report =
-        |run: &Value, status| json!({"id": run["id"], "leaseId": run["leaseId"], "status": status});
-    let results = server
-        .complete(json!([
-            report(&runs[0], "COMPLETED"),
-            report(&runs[1], "COMPLETED"),
-            report(&runs[2], "FAILED"),
-        ]))
-        .await;
-    assert_eq!(results.len(), 3);
-    // 2 items, one of them failed; and a batch never sealed (its items do not count).
-    let mixed = server.new_batch(2).await;
-    let lines = [line(0, "stats", 10), failing_line(1)].join("\n");
-    let (_, body) = server.stream(&mixed, lines).await;
-    assert_eq!(body["sealed"], true, "{body}");
-    wait_materialised(&server, &mixed).await;
-    server.new_batch(5).await;
-
-    wait_stats_today(
-        &server,
-        json!({"day": today(), "batches": 3, "items": 6, "runsCompleted": 2, "runsFailed": 2}),
-    )
-    .await;
-    let (_, body) = get(&server, "/api/v3/stats").await;
+    let want = todays_activity(&server, &server, "stats").await;
+    wait_stats_today(&server, want).await;
+    let (_, body) = server.get_as(KEY, "/api/v3/stats").await;
     assert_eq!(
         body["data"].as_array().unwrap().len(),
         30,
@@ -196,7 +185,9 @@ async fn stats_count_batches_items_and_final_runs_per_day(mode: Mode) {
         "a day with nothing counts zero"
     );
     for bad in ["0", "367", "x"] {
-        let (status, body) = get(&server, &format!("/api/v3/stats?days={bad}")).await;
+        let (status, body) = server
+            .get_as(KEY, &format!("/api/v3/stats?days={bad}"))
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(body["error"]["code"], "INVALID_REQUEST");
     }
@@ -499,27 +490,7 @@ async fn two_nodes_running_every_job_apply_each_change_once() {
         database.happened_at(&id, now_millis() - 3 * DAY).await;
         expired.push(id);
     }
-    // Counted today: 3 batches, 6 items, 2 runs completed and 2 failed.
-    batch_of(&a, "both", 4, json!({})).await;
-    let runs = a
-        .claim(json!({ "tasks": ["both"], "limit": 4, "leaseMs": 60000 }))
-        .await;
-    assert_eq!(runs.len(), 4);
-    let report =
-        |run: &Value, status| json!({"id": run["id"], "leaseId": run["leaseId"], "status": status});
-    b.complete(json!([
-        report(&runs[0], "COMPLETED"),
-        report(&runs[1], "COMPLETED")
-    ]))
-    .await;
-    a.complete(json!([report(&runs[2], "FAILED")])).await;
-    let mixed = b.new_batch(2).await;
-    let (_, body) = b
-        .stream(&mixed, [line(0, "both", 10), failing_line(1)].join("\n"))
-        .await;
-    assert_eq!(body["sealed"], true, "{body}");
-    wait_materialised(&a, &mixed).await;
-    a.new_batch(5).await;
+    let want = todays_activity(&a, &b, "both").await;
 
     for id in &expired {
         poll_until("the expired batch is deleted", JOB_LIMIT, || async {
@@ -532,8 +503,6 @@ async fn two_nodes_running_every_job_apply_each_change_once() {
                 .is_empty()
         );
     }
-    let want =
-        json!({"day": today(), "batches": 3, "items": 6, "runsCompleted": 2, "runsFailed": 2});
     wait_stats_today(&a, want.clone()).await;
     // Both nodes keep refreshing: the counts stay exact on both.
     tokio::time::sleep(Duration::from_millis(500)).await;
