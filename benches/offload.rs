@@ -142,6 +142,25 @@ impl PayloadStore for DelayedPayloads {
         }
     }
 
+    async fn delete_prefix(&self, prefix: &str, limit: u32) -> Result<u64, DependencyError> {
+        match self.model {
+            StoreModel::Exact => {
+                let mut memory = self.memory.lock().expect("never poisoned");
+                let keys: Vec<String> = memory
+                    .keys()
+                    .filter(|key| key.starts_with(prefix))
+                    .take(limit as usize)
+                    .cloned()
+                    .collect();
+                for key in &keys {
+                    memory.remove(key);
+                }
+                Ok(keys.len() as u64)
+            }
+            StoreModel::TokioSleepThenFiles => self.files.delete_prefix(prefix, limit).await,
+        }
+    }
+
     async fn ping(&self) -> Result<(), DependencyError> {
         self.files.ping().await
     }

@@ -25,7 +25,9 @@ use crate::runs::batches::ViewPorts;
 use crate::runs::work::{RunsReady, StatusWriters};
 use crate::store::BatchStore;
 use crate::store::adapters::{PostgresStore, SqliteStore, sqlite};
+use crate::store::retention::RetentionStore;
 use crate::store::runs::RunStore;
+use crate::store::stats::StatsStore;
 use crate::store::work::WorkStore;
 use crate::tasks::NamedTask;
 
@@ -47,6 +49,8 @@ type SqlPorts = (
     Arc<dyn RunStore>,
     Arc<dyn WorkStore>,
     Arc<dyn EventJournal>,
+    Arc<dyn RetentionStore>,
+    Arc<dyn StatsStore>,
 );
 
 pub struct App {
@@ -60,6 +64,8 @@ pub struct App {
     /// nodes' events read the journal every few seconds).
     pub event_bus: Option<Arc<RedisEventBus>>,
     pub work: Arc<dyn WorkStore>,
+    pub retention: Arc<dyn RetentionStore>,
+    pub stats: Arc<dyn StatsStore>,
     pub keys: ApiKeys,
     /// The generated key of the embedded mode, when no keys were configured.
     pub dev_key: Option<String>,
@@ -92,16 +98,20 @@ impl App {
         };
 
         let mut embedded = None;
-        let (store, sql_queue, runs, work, journal): SqlPorts = match config.database_connect_url()
+        let (store, sql_queue, runs, work, journal, retention, stats): SqlPorts = match config
+            .database_connect_url()
         {
             Some(url) => {
                 let store =
                     Arc::new(PostgresStore::connect(&url, config.database_pool_size()).await?);
+                let s = store.clone();
                 (
-                    store.clone(),
-                    store.clone(),
-                    store.clone(),
-                    store.clone(),
+                    s.clone(),
+                    s.clone(),
+                    s.clone(),
+                    s.clone(),
+                    s.clone(),
+                    s,
                     store,
                 )
             }
@@ -109,11 +119,14 @@ impl App {
                 tokio::fs::create_dir_all(&config.data_dir).await?;
                 let store = Arc::new(SqliteStore::open(&config.data_dir.join("sluice.db")).await?);
                 embedded = Some(store.clone());
+                let s = store.clone();
                 (
-                    store.clone(),
-                    store.clone(),
-                    store.clone(),
-                    store.clone(),
+                    s.clone(),
+                    s.clone(),
+                    s.clone(),
+                    s.clone(),
+                    s.clone(),
+                    s,
                     store,
                 )
             }
@@ -143,6 +156,8 @@ impl App {
             journal,
             event_bus,
             work,
+            retention,
+            stats,
             keys,
             dev_key,
             embedded,
@@ -197,6 +212,8 @@ pub async fn serve(
         payloads: app.payloads,
         runs: app.runs,
         work: app.work,
+        retention: app.retention,
+        stats: app.stats,
         status,
         sealed: SealSignal::default(),
         events,

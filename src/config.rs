@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::flusher::FlushSettings;
+use crate::jobs::retention::RetentionSettings;
 use crate::payloads::adapters::S3Settings;
 use crate::queue::adapters::redis::Topology;
 use crate::runs::materialise::MaterialiseSettings;
@@ -247,6 +248,45 @@ pub struct Config {
           default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub lease_sweep_interval_ms: u64,
 
+    /// Database connections the periodic jobs may hold at once, together (a semaphore every job
+    /// tick takes a permit of); must be below the pool size, so requests always keep the rest.
+    #[arg(long = "job-max-connections", env = "SLUICE_JOB_MAX_CONNECTIONS", value_name = "SLUICE_JOB_MAX_CONNECTIONS",
+          default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub job_max_connections: u32,
+
+    /// Final batches are deleted (runs, queue items, payload objects, then the batch) this many
+    /// seconds after they turned final.
+    #[arg(long = "retention-seconds", env = "SLUICE_RETENTION_SECONDS", value_name = "SLUICE_RETENTION_SECONDS",
+          default_value_t = 604_800, value_parser = clap::value_parser!(u64).range(1..=3_153_600_000))]
+    pub retention_seconds: u64,
+
+    /// How often the retention job looks for final batches past the horizon.
+    #[arg(long = "retention-interval-ms", env = "SLUICE_RETENTION_INTERVAL_MS", value_name = "SLUICE_RETENTION_INTERVAL_MS",
+          default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub retention_interval_ms: u64,
+
+    /// Most rows (runs, queue items, batches) and payload objects one retention tick deletes;
+    /// the rest waits for the next tick.
+    #[arg(long = "retention-max-rows-per-tick", env = "SLUICE_RETENTION_MAX_ROWS_PER_TICK", value_name = "SLUICE_RETENTION_MAX_ROWS_PER_TICK",
+          default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_max_rows_per_tick: u32,
+
+    /// Most rows one retention statement deletes (each statement commits on its own).
+    #[arg(long = "retention-rows-per-statement", env = "SLUICE_RETENTION_ROWS_PER_STATEMENT", value_name = "SLUICE_RETENTION_ROWS_PER_STATEMENT",
+          default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub retention_rows_per_statement: u32,
+
+    /// How often the per-tenant daily stats are refreshed.
+    #[arg(long = "stats-interval-ms", env = "SLUICE_STATS_INTERVAL_MS", value_name = "SLUICE_STATS_INTERVAL_MS",
+          default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub stats_interval_ms: u64,
+
+    /// UTC days (today included) the stats refresh recomputes; older days keep the counts they
+    /// had when they left this window.
+    #[arg(long = "stats-refresh-days", env = "SLUICE_STATS_REFRESH_DAYS", value_name = "SLUICE_STATS_REFRESH_DAYS",
+          default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub stats_refresh_days: u32,
+
     /// Benchmark reference only: enqueue each item as a per-item path does, one dedup command
     /// (`SADD`) and then one store command (`HSET`), two round trips per item, not atomic. Needs
     /// REDIS_URL; never for real traffic.
@@ -307,6 +347,13 @@ impl Config {
             status_flush_interval_ms: 5,
             claim_wait_max_ms: 30_000,
             lease_sweep_interval_ms: 1_000,
+            job_max_connections: 2,
+            retention_seconds: 604_800,
+            retention_interval_ms: 60_000,
+            retention_max_rows_per_tick: 100_000,
+            retention_rows_per_statement: 5_000,
+            stats_interval_ms: 60_000,
+            stats_refresh_days: 2,
             bench_two_step_enqueue: false,
             api_keys: None,
         }
@@ -326,6 +373,14 @@ impl Config {
         }
         if let Some(url) = &self.redis_url {
             Topology::from_url(url)?;
+        }
+        if self.job_max_connections >= self.database_pool_size() {
+            return Err(format!(
+                "SLUICE_JOB_MAX_CONNECTIONS ({}) must be below the database pool size ({}): \
+                 requests keep the rest of the pool",
+                self.job_max_connections,
+                self.database_pool_size()
+            ));
         }
         Ok(())
     }
@@ -390,6 +445,16 @@ impl Config {
             interval: std::time::Duration::from_millis(self.status_flush_interval_ms),
             capacity: (4 * max_items).max(2 * crate::protocol::work::MAX_RUNS_PER_CALL),
             shutdown_grace: std::time::Duration::from_millis(self.shutdown_grace_ms),
+        }
+    }
+
+    pub fn retention(&self) -> RetentionSettings {
+        RetentionSettings {
+            retention: std::time::Duration::from_secs(self.retention_seconds),
+            seal_timeout: std::time::Duration::from_millis(self.seal_timeout_ms),
+            interval: std::time::Duration::from_millis(self.retention_interval_ms),
+            max_rows_per_tick: self.retention_max_rows_per_tick,
+            rows_per_statement: self.retention_rows_per_statement,
         }
     }
 

@@ -243,3 +243,23 @@ pub fn batch_finished(status: &str) {
     };
     counter!("sluice_batches_finished_total", "status" => status).increment(1);
 }
+
+/// One tick of a periodic job: how it ended (`idle`, `worked`, `failed`) and how long it took.
+pub fn job_ran(job: &'static str, outcome: &'static str, elapsed: Duration) {
+    counter!("sluice_job_runs_total", "job" => job, "outcome" => outcome).increment(1);
+    histogram!("sluice_job_duration_seconds", "job" => job).record(elapsed.as_secs_f64());
+}
+
+/// What a retention tick deleted: `batches`, `runs`, `events` (rows) and `objects` (payloads).
+pub fn retention_deleted(kind: &'static str, count: u64) {
+    if count > 0 {
+        counter!("sluice_retention_deleted_total", "kind" => kind).increment(count);
+    }
+}
+
+/// Rows a stats refresh wrote (upserted where a count changed, plus pruned): the last tick's in
+/// the gauge, every tick's in the counter. A tick with nothing new writes 0.
+pub fn stats_rows_written(rows: u64) {
+    gauge!("sluice_stats_rows_written").set(rows as f64);
+    counter!("sluice_stats_rows_written_total").increment(rows);
+}

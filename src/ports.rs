@@ -1,7 +1,7 @@
 //! The ports the use cases work through, bundled: the batch store, the item queue, the payload
-//! store, the run and work stores, the status writers over them, and the batch events (the
-//! journal, its live fan-out, and the handle that reports changes). Adapters behind each are
-//! chosen by the wiring (`app.rs`).
+//! store, the run, work, retention and stats stores, the status writers over them, and the batch
+//! events (the journal, its live fan-out, and the handle that reports changes). Adapters behind
+//! each are chosen by the wiring (`app.rs`).
 
 use std::sync::Arc;
 
@@ -13,7 +13,9 @@ use crate::payloads::PayloadStore;
 use crate::queue::ItemQueue;
 use crate::runs::work::{RunsReady, StatusWriters};
 use crate::store::BatchStore;
+use crate::store::retention::RetentionStore;
 use crate::store::runs::RunStore;
+use crate::store::stats::StatsStore;
 use crate::store::work::WorkStore;
 
 #[derive(Clone)]
@@ -23,6 +25,8 @@ pub struct Ports {
     pub payloads: Arc<dyn PayloadStore>,
     pub runs: Arc<dyn RunStore>,
     pub work: Arc<dyn WorkStore>,
+    pub retention: Arc<dyn RetentionStore>,
+    pub stats: Arc<dyn StatsStore>,
     /// Every status write (claims, heartbeats, completions) goes through these.
     pub status: StatusWriters,
     /// Wakes this node's materialiser when a batch is sealed here.

@@ -120,3 +120,21 @@ pub struct TriggerBatchV1 {
     pub failed_run_count: u64,
     pub errors: Vec<TriggerBatchError>,
 }
+
+/// `GET /api/v3/stats`: the tenant's counts per UTC day, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsResponse {
+    pub data: Vec<DayStatsBody>,
+}
+
+/// One UTC day of a tenant's stats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DayStatsBody {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    pub batches: u64,
+    pub items: u64,
+    pub runs_completed: u64,
+    pub runs_failed: u64,
+}

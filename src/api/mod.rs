@@ -16,6 +16,7 @@ pub mod linger;
 pub mod rate_limit;
 pub mod runs;
 pub mod state;
+pub mod stats;
 pub mod trigger;
 pub mod workers;
 
@@ -108,6 +109,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v3/runs/{id}", get(runs::get_run))
         .route("/api/v3/limits", get(limits::get_limits))
         .route("/api/v3/runs/{id}/payload", get(runs::get_run_payload))
+        .route("/api/v3/stats", get(stats::get_stats))
         .route("/api/v2/batches/{id}", get(trigger::get_batch_v2))
         .route("/api/v1/batches/{id}", get(trigger::get_batch_v1))
         .route("/healthz", get(health::healthz))

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::{JobPermits, Tick};
 use crate::events::Events;
 use crate::store::{BatchStore, now_millis};
-use crate::tasks::{self, NamedTask};
+use crate::tasks::NamedTask;
 
 const LONGEST_PERIOD: Duration = Duration::from_secs(60);
 
@@ -23,32 +24,31 @@ pub fn spawn(
     store: Arc<dyn BatchStore>,
     events: Events,
     seal_timeout_ms: u64,
+    permits: &JobPermits,
     shutdown: CancellationToken,
 ) -> NamedTask {
     let period = period(seal_timeout_ms);
-    tasks::every(
-        "seal-timeout",
-        period,
-        Duration::ZERO,
-        shutdown,
-        move || {
-            let (store, events) = (store.clone(), events.clone());
-            async move {
-                let created_before = now_millis().saturating_sub(seal_timeout_ms as i64);
-                match store.abort_unsealed(created_before).await {
-                    Ok(aborted) if aborted.is_empty() => {}
-                    Ok(aborted) => {
-                        tracing::info!(
-                            aborted = aborted.len(),
-                            "aborted batches past their seal timeout"
-                        );
-                        for (tenant, batch_id) in &aborted {
-                            events.batch_status(tenant, batch_id);
-                        }
+    super::schedule("seal-timeout", period, permits, shutdown, move || {
+        let (store, events) = (store.clone(), events.clone());
+        async move {
+            let created_before = now_millis().saturating_sub(seal_timeout_ms as i64);
+            match store.abort_unsealed(created_before).await {
+                Ok(aborted) if aborted.is_empty() => Tick::Idle,
+                Ok(aborted) => {
+                    tracing::info!(
+                        aborted = aborted.len(),
+                        "aborted batches past their seal timeout"
+                    );
+                    for (tenant, batch_id) in &aborted {
+                        events.batch_status(tenant, batch_id);
                     }
-                    Err(error) => tracing::warn!(error = %error, "could not abort expired batches"),
+                    Tick::Worked
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "could not abort expired batches");
+                    Tick::Failed
                 }
             }
-        },
-    )
+        }
+    })
 }

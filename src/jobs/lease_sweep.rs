@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::{JobPermits, Tick};
 use crate::events::{Events, RunEvent};
 use crate::runs::work::RunsReady;
 use crate::store::now_millis;
 use crate::store::runs::RunStatus;
 use crate::store::work::{Swept, WorkStore};
-use crate::tasks::{self, NamedTask};
+use crate::tasks::NamedTask;
 
 /// Runs returned per transaction.
 const SWEEP_GROUP: u32 = 1_000;
@@ -27,11 +28,13 @@ pub fn spawn(
     ready: RunsReady,
     events: Events,
     period: Duration,
+    permits: &JobPermits,
     shutdown: CancellationToken,
 ) -> NamedTask {
-    tasks::every("lease-sweep", period, period / 2, shutdown, move || {
+    super::schedule("lease-sweep", period, permits, shutdown, move || {
         let (work, ready, events) = (work.clone(), ready.clone(), events.clone());
         async move {
+            let mut outcome = Tick::Idle;
             for _ in 0..GROUPS_PER_TICK {
                 match work.sweep_expired_leases(now_millis(), SWEEP_GROUP).await {
                     Ok(swept) => {
@@ -40,16 +43,20 @@ pub fn spawn(
                         if swept.returned > 0 {
                             ready.runs_added();
                         }
+                        if swept.returned + swept.failed > 0 {
+                            outcome = Tick::Worked;
+                        }
                         if swept.returned + swept.failed < u64::from(SWEEP_GROUP) {
-                            return;
+                            break;
                         }
                     }
                     Err(error) => {
                         tracing::warn!(%error, "could not sweep expired leases");
-                        return;
+                        return Tick::Failed;
                     }
                 }
             }
+            outcome
         }
     })
 }

@@ -4,37 +4,46 @@
 //!
 //! Any number of nodes run it at once: each pass claims its batch with a guarded update
 //! (`crate::runs::materialise`), so no batch is written by two nodes.
+//!
+//! The wake-up is a periodic job like the others; the worker is not (it works whenever a batch is
+//! sealed) and takes no job permit: its connections are bounded by its pipeline depth.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::{JobPermits, Tick};
 use crate::events::Events;
-use crate::ports::SealSignal;
+use crate::ports::Ports;
 use crate::queue::ItemQueue;
 use crate::runs::materialise::{MaterialiseSettings, Pass, materialise_next};
 use crate::runs::work::RunsReady;
 use crate::store::runs::RunStore;
-use crate::tasks::{self, NamedTask};
+use crate::tasks::NamedTask;
 
 /// How often the materialiser looks for waiting batches without being signalled.
 const WAKE_PERIOD: Duration = Duration::from_secs(1);
 
+/// The materialiser and its wake-up, over the runs store, the item queue, the seal signal, the
+/// events and the signal that wakes waiting claims.
 pub fn spawn(
-    runs: Arc<dyn RunStore>,
-    queue: Arc<dyn ItemQueue>,
-    signal: SealSignal,
-    events: Events,
-    ready: RunsReady,
+    ports: &Ports,
     settings: MaterialiseSettings,
+    permits: &JobPermits,
     shutdown: CancellationToken,
 ) -> Vec<NamedTask> {
-    let wake = tasks::every(
+    let (runs, queue, signal, events, ready) = (
+        ports.runs.clone(),
+        ports.queue.clone(),
+        ports.sealed.clone(),
+        ports.events.clone(),
+        ports.runs_ready.clone(),
+    );
+    let wake = super::schedule(
         "materialise-wake",
         WAKE_PERIOD,
-        // Staggered from the other jobs' start.
-        WAKE_PERIOD / 3,
+        permits,
         shutdown.clone(),
         {
             let (runs, signal) = (runs.clone(), signal.clone());
@@ -44,12 +53,15 @@ pub fn spawn(
                     match runs.batches_waiting().await {
                         Ok(waiting) => {
                             crate::metrics::batches_waiting(waiting);
-                            if waiting > 0 {
-                                signal.batch_sealed();
+                            if waiting == 0 {
+                                return Tick::Idle;
                             }
+                            signal.batch_sealed();
+                            Tick::Worked
                         }
                         Err(error) => {
-                            tracing::warn!(%error, "could not count the batches waiting for runs")
+                            tracing::warn!(%error, "could not count the batches waiting for runs");
+                            Tick::Failed
                         }
                     }
                 }

@@ -25,12 +25,21 @@ pub trait PayloadStore: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, DependencyError>;
     /// Removes the object at `key`; a key with no object is not an error.
     async fn delete(&self, key: &str) -> Result<(), DependencyError>;
+    /// Removes up to `limit` of the objects whose keys start with `prefix` (deleting a batch's
+    /// payloads: [`batch_prefix`]); returns how many it removed. Fewer than `limit` means none is
+    /// left.
+    async fn delete_prefix(&self, prefix: &str, limit: u32) -> Result<u64, DependencyError>;
     async fn ping(&self) -> Result<(), DependencyError>;
+}
+
+/// The prefix under which every offloaded payload of a batch is written ([`payload_key`]).
+pub fn batch_prefix(batch_id: &str) -> String {
+    format!("batches/{batch_id}/")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::payload_key;
+    use super::{batch_prefix, payload_key};
 
     #[test]
     fn payload_keys_name_the_index_and_the_content() {
@@ -41,5 +50,7 @@ mod tests {
         );
         assert_ne!(key, payload_key("batch_1", 7, b"[]"));
         assert_ne!(key, payload_key("batch_1", 8, b"{}"));
+        assert!(key.starts_with(&batch_prefix("batch_1")));
+        assert!(!payload_key("batch_10", 7, b"{}").starts_with(&batch_prefix("batch_1")));
     }
 }

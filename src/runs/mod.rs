@@ -7,6 +7,7 @@ pub mod decode;
 pub mod id;
 pub mod materialise;
 pub mod read;
+pub mod stats;
 pub mod work;
 
 use crate::dependency::DependencyError;

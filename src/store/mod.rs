@@ -4,7 +4,9 @@
 //! the queue.
 
 pub mod adapters;
+pub mod retention;
 pub mod runs;
+pub mod stats;
 pub mod work;
 
 use async_trait::async_trait;

@@ -6,6 +6,7 @@ mod cluster;
 mod dashboard;
 mod events;
 mod ingest;
+mod jobs;
 mod limits;
 mod linger;
 mod missing;

@@ -72,7 +72,7 @@ pub async fn batch_of(server: &Api, task: &str, count: u32, options: Value) -> S
     id
 }
 
-fn report(run: &Value, status: &str) -> Value {
+pub fn report(run: &Value, status: &str) -> Value {
     json!({ "id": run["id"], "leaseId": run["leaseId"], "status": status })
 }
 

@@ -65,6 +65,45 @@ impl PayloadStore for FsPayloadStore {
         }
     }
 
+    async fn delete_prefix(&self, prefix: &str, limit: u32) -> Result<u64, DependencyError> {
+        // Prefixes are directories here (`batches/{id}/`): its files, depth first.
+        let top = self.path(prefix);
+        let mut files = Vec::new();
+        let mut directories = vec![top.clone()];
+        while let Some(directory) = directories.pop() {
+            let mut entries = match tokio::fs::read_dir(&directory).await {
+                Ok(entries) => entries,
+                Err(error) if error.kind() == ErrorKind::NotFound => continue,
+                Err(error) => return Err(unavailable(error)),
+            };
+            while let Some(entry) = entries.next_entry().await.map_err(unavailable)? {
+                if entry.file_type().await.map_err(unavailable)?.is_dir() {
+                    directories.push(entry.path());
+                } else if files.len() < limit as usize {
+                    files.push(entry.path());
+                }
+            }
+        }
+        for file in &files {
+            match tokio::fs::remove_file(file).await {
+                Err(error) if error.kind() != ErrorKind::NotFound => {
+                    return Err(unavailable(error));
+                }
+                _ => {}
+            }
+        }
+        if files.len() < limit as usize {
+            // Every file is gone: the empty directories go too.
+            match tokio::fs::remove_dir_all(&top).await {
+                Err(error) if error.kind() != ErrorKind::NotFound => {
+                    return Err(unavailable(error));
+                }
+                _ => {}
+            }
+        }
+        Ok(files.len() as u64)
+    }
+
     async fn ping(&self) -> Result<(), DependencyError> {
         tokio::fs::metadata(&self.root).await.map_err(unavailable)?;
         Ok(())

@@ -9,6 +9,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use bytes::Bytes;
 
 use crate::dependency::{Dependency, DependencyError};
@@ -21,6 +22,9 @@ pub struct S3Settings {
     pub region: Option<String>,
     pub force_path_style: bool,
 }
+
+/// The most keys one ListObjectsV2 page holds and one DeleteObjects call takes.
+const MAX_KEYS_PER_PAGE: u64 = 1_000;
 
 pub struct S3PayloadStore {
     client: Client,
@@ -126,6 +130,62 @@ impl PayloadStore for S3PayloadStore {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+
+    async fn delete_prefix(&self, prefix: &str, limit: u32) -> Result<u64, DependencyError> {
+        // Pages of at most 1000 keys (the most one DeleteObjects takes), each listed from the
+        // start of the prefix, since the page before is gone.
+        let mut deleted = 0u64;
+        while deleted < u64::from(limit) {
+            let page = (u64::from(limit) - deleted).min(MAX_KEYS_PER_PAGE) as i32;
+            let listed = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .max_keys(page)
+                .send()
+                .await
+                .map_err(classify)?;
+            let keys: Vec<ObjectIdentifier> = listed
+                .contents()
+                .iter()
+                .filter_map(|object| object.key())
+                .filter_map(|key| ObjectIdentifier::builder().key(key).build().ok())
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let count = keys.len() as u64;
+            let delete = Delete::builder()
+                .set_objects(Some(keys))
+                .quiet(true)
+                .build()
+                .map_err(|error| DependencyError::failed(Dependency::PayloadStore, error))?;
+            let answer = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(classify)?;
+            if let Some(error) = answer.errors().first() {
+                return Err(DependencyError::unavailable(
+                    Dependency::PayloadStore,
+                    std::io::Error::other(format!(
+                        "could not delete {}: {}",
+                        error.key().unwrap_or("an object"),
+                        error.message().unwrap_or("no reason given")
+                    )),
+                ));
+            }
+            deleted += count;
+            if listed.is_truncated() != Some(true) {
+                break;
+            }
+        }
+        Ok(deleted)
     }
 
     async fn ping(&self) -> Result<(), DependencyError> {

@@ -21,6 +21,8 @@ use crate::store::adapters::{PostgresStore, SqliteStore};
 /// Indexes per counter row. Migration 0002 backfilled the counters with this size: changing it
 /// needs a migration that recounts them.
 const CHUNK_INDEXES: u32 = 4096;
+/// Most rows one statement of [`ItemQueue::delete_batch`] deletes.
+const DELETE_ROWS_PER_STATEMENT: i64 = 10_000;
 
 /// Which items of a call were newly stored, given the indexes the insert returned. When a call
 /// holds one index twice, the first item with it is the one stored.
@@ -209,14 +211,27 @@ macro_rules! impl_sql_item_queue {
             }
 
             async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {
+                // In bounded statements, each committing on its own, so deleting a large batch
+                // (one never sealed keeps its items until retention) never holds the writer or
+                // a huge transaction for long.
                 for delete in [
-                    "DELETE FROM batch_items WHERE batch_id = $1",
-                    "DELETE FROM batch_item_chunks WHERE batch_id = $1",
+                    "DELETE FROM batch_items WHERE batch_id = $1 AND idx IN \
+                     (SELECT idx FROM batch_items WHERE batch_id = $1 ORDER BY idx LIMIT $2)",
+                    "DELETE FROM batch_item_chunks WHERE batch_id = $1 AND chunk IN \
+                     (SELECT chunk FROM batch_item_chunks WHERE batch_id = $1 ORDER BY chunk \
+                     LIMIT $2)",
                 ] {
-                    sqlx::query(delete)
-                        .bind(batch_id)
-                        .execute(&self.pool)
-                        .await?;
+                    loop {
+                        let deleted = sqlx::query(delete)
+                            .bind(batch_id)
+                            .bind(DELETE_ROWS_PER_STATEMENT)
+                            .execute(&self.pool)
+                            .await?
+                            .rows_affected();
+                        if deleted < DELETE_ROWS_PER_STATEMENT as u64 {
+                            break;
+                        }
+                    }
                 }
                 Ok(())
             }

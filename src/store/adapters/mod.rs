@@ -3,6 +3,7 @@
 //! `queue/adapters`.
 
 mod events;
+mod maintenance;
 pub mod postgres;
 mod row;
 mod runs;

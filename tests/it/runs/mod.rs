@@ -1,7 +1,7 @@
 //! Runs: every sealed batch becomes one run per index; the batch, batch list, runs list, run,
 //! payload, cancel and trigger.dev endpoints, in both modes.
 
-mod crash;
+pub mod crash;
 mod nodes;
 mod sdk;
 

@@ -23,7 +23,7 @@ pub use rstest_reuse::apply;
 
 pub use self::bodies::{channel_body, chunked, endless_body, ndjson};
 pub use self::process::ServerProcess;
-pub use self::server::{Api, KEY, Mode, OTHER_KEY, TestServer, accepted_item, into_parts};
+pub use self::server::{Api, KEY, Mode, OTHER_KEY, TENANT, TestServer, accepted_item, into_parts};
 pub use self::services::{
     PostgresStop, PrivateCluster, PrivatePostgres, PrivateRedis, PrivateS3, poll_until,
 };

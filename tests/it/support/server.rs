@@ -10,7 +10,9 @@ use sluice::app::{App, serve};
 use sluice::config::Config;
 use sluice::payloads::PayloadStore;
 use sluice::queue::ItemQueue;
+use sluice::store::retention::RetentionStore;
 use sluice::store::runs::{Run, RunStore};
+use sluice::store::stats::StatsStore;
 use tokio_util::sync::CancellationToken;
 
 use super::required_env;
@@ -69,10 +71,12 @@ pub struct TestServer {
     pub queue: Arc<dyn ItemQueue>,
     pub runs: Arc<dyn RunStore>,
     pub payloads: Arc<dyn PayloadStore>,
+    pub retention: Arc<dyn RetentionStore>,
+    pub stats: Arc<dyn StatsStore>,
     /// Where `/metrics` is served, when the configuration asked for it.
     pub metrics_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
-    _data_dir: tempfile::TempDir,
+    data_dir: tempfile::TempDir,
 }
 
 impl std::ops::Deref for TestServer {
@@ -125,6 +129,7 @@ impl TestServer {
         let queue = app.queue.clone();
         let payloads = app.payloads.clone();
         let runs = app.runs.clone();
+        let (retention, stats) = (app.retention.clone(), app.stats.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -134,10 +139,17 @@ impl TestServer {
             queue,
             payloads,
             runs,
+            retention,
+            stats,
             metrics_addr,
             shutdown,
-            _data_dir: data_dir,
+            data_dir,
         }
+    }
+
+    /// The server's data directory (the embedded mode's SQLite file and payload files).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
     }
 
     /// Starts the server's shutdown, as SIGTERM does.
