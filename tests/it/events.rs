@@ -245,7 +245,12 @@ async fn a_stream_replays_then_tails_until_the_batch_is_final(#[case] mode: Mode
         .map(|event| event.data["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses.first(), Some(&"PENDING"), "{statuses:?}");
-    assert!(statuses.contains(&"PROCESSING"), "{statuses:?}");
+    // A batch event shows the batch as it is when the event is made: a batch of failed items only
+    // can turn final before its seal's event is made, and then that event already reads final.
+    assert!(
+        statuses.contains(&"PROCESSING") || statuses[1..].iter().all(|s| *s == "PARTIAL_FAILED"),
+        "{statuses:?}"
+    );
 
     // A later stream replays the same journal and ends at once.
     let mut replay = Vec::new();
