@@ -57,7 +57,13 @@ pub async fn batch_events(
             ))
         })?,
     };
-    // The header a reconnecting EventSource sends wins over the query of the first request.
+    // The header a reconnecting EventSource sends wins over the query of the first request; the
+    // query must still be a valid one.
+    let after_query = query
+        .after
+        .as_deref()
+        .map(|text| sequence_number(text, "after"))
+        .transpose()?;
     let after = match headers.get("last-event-id") {
         Some(value) => sequence_number(
             value.to_str().map_err(|_| {
@@ -65,10 +71,7 @@ pub async fn batch_events(
             })?,
             "Last-Event-ID",
         )?,
-        None => match query.after.as_deref() {
-            Some(text) => sequence_number(text, "after")?,
-            None => 0,
-        },
+        None => after_query.unwrap_or(0),
     };
     let open = state.event_streams.open(&tenant)?;
     let watch = Watch {

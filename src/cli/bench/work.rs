@@ -35,14 +35,24 @@ impl Run {
         path: &str,
         body: &B,
     ) -> Result<T, BenchError> {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.args.url))
-            .bearer_auth(&self.args.key)
-            .json(body)
-            .send()
-            .await?;
-        Ok(checked(response).await?.json().await?)
+        // A 503 is the server pushing back (its status queue is full): wait a little and send
+        // again, as a worker does.
+        let mut tries = 0;
+        loop {
+            let response = self
+                .client
+                .post(format!("{}{path}", self.args.url))
+                .bearer_auth(&self.args.key)
+                .json(body)
+                .send()
+                .await?;
+            tries += 1;
+            if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && tries < 200 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            return Ok(checked(response).await?.json().await?);
+        }
     }
 
     async fn claim(&self, limit: u32) -> Result<ClaimResponse, BenchError> {
