@@ -53,6 +53,22 @@ type SqlPorts = (
     Arc<dyn StatsStore>,
 );
 
+/// Every port one SQL store serves, each a handle on the same store.
+fn sql_ports<S>(store: Arc<S>) -> SqlPorts
+where
+    S: BatchStore + ItemQueue + RunStore + WorkStore + EventJournal + RetentionStore + StatsStore,
+{
+    (
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store,
+    )
+}
+
 pub struct App {
     pub config: Config,
     pub store: Arc<dyn BatchStore>,
@@ -104,31 +120,13 @@ impl App {
             Some(url) => {
                 let store =
                     Arc::new(PostgresStore::connect(&url, config.database_pool_size()).await?);
-                let s = store.clone();
-                (
-                    s.clone(),
-                    s.clone(),
-                    s.clone(),
-                    s.clone(),
-                    s.clone(),
-                    s,
-                    store,
-                )
+                sql_ports(store)
             }
             None => {
                 tokio::fs::create_dir_all(&config.data_dir).await?;
                 let store = Arc::new(SqliteStore::open(&config.data_dir.join("sluice.db")).await?);
                 embedded = Some(store.clone());
-                let s = store.clone();
-                (
-                    s.clone(),
-                    s.clone(),
-                    s.clone(),
-                    s.clone(),
-                    s.clone(),
-                    s,
-                    store,
-                )
+                sql_ports(store)
             }
         };
         let queue: Arc<dyn ItemQueue> = match &config.redis_url {
