@@ -87,6 +87,15 @@ fn day_stats((day, batches, items, runs_completed, runs_failed): DayRow) -> DayS
     }
 }
 
+/// Deletes the first `$2` rows of batch `$1` in a table keyed by (batch_id, `order`): one bounded
+/// statement, so a big batch goes in many short ones.
+fn first_rows_of_batch(table: &str, order: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE batch_id = $1 AND {order} IN \
+         (SELECT {order} FROM {table} WHERE batch_id = $1 ORDER BY {order} LIMIT $2)"
+    )
+}
+
 macro_rules! impl_sql_maintenance {
     ($store:ty, $lock:expr, $begin:expr, $distinct:expr) => {
         #[async_trait]
@@ -119,14 +128,11 @@ macro_rules! impl_sql_maintenance {
                 batch_id: &str,
                 limit: u32,
             ) -> Result<u64, DependencyError> {
-                let deleted = sqlx::query(
-                    "DELETE FROM runs WHERE batch_id = $1 AND idx IN \
-                     (SELECT idx FROM runs WHERE batch_id = $1 ORDER BY idx LIMIT $2)",
-                )
-                .bind(batch_id)
-                .bind(i64::from(limit))
-                .execute(&self.pool)
-                .await?;
+                let deleted = sqlx::query(&first_rows_of_batch("runs", "idx"))
+                    .bind(batch_id)
+                    .bind(i64::from(limit))
+                    .execute(&self.pool)
+                    .await?;
                 Ok(deleted.rows_affected())
             }
 
@@ -135,15 +141,12 @@ macro_rules! impl_sql_maintenance {
                 batch_id: &str,
                 limit: u32,
             ) -> Result<u64, DependencyError> {
-                let deleted = sqlx::query(
-                    "DELETE FROM batch_events WHERE batch_id = $1 AND seq IN \
-                     (SELECT seq FROM batch_events WHERE batch_id = $1 ORDER BY seq LIMIT $2)",
-                )
-                .bind(batch_id)
-                .bind(i64::from(limit))
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+                let deleted = sqlx::query(&first_rows_of_batch("batch_events", "seq"))
+                    .bind(batch_id)
+                    .bind(i64::from(limit))
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
                 // The journal is empty: its sequence counter goes last.
                 if deleted < u64::from(limit) {
                     sqlx::query("DELETE FROM batch_event_seqs WHERE batch_id = $1")
