@@ -226,13 +226,27 @@ pub struct Config {
     #[arg(long = "max-event-streams-per-tenant", env = "SLUICE_MAX_EVENT_STREAMS_PER_TENANT", value_name = "SLUICE_MAX_EVENT_STREAMS_PER_TENANT",
           default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_event_streams_per_tenant: u32,
+
+    /// Longest an event stream stays open, in milliseconds; then it ends and the client resumes
+    /// with `Last-Event-ID` (an `EventSource` does so by itself), possibly on another node, so
+    /// long-lived streams spread again over the nodes. `0`: a stream stays open until its batch
+    /// is final.
+    #[arg(
+        long = "event-stream-max-ms",
+        env = "SLUICE_EVENT_STREAM_MAX_MS",
+        value_name = "SLUICE_EVENT_STREAM_MAX_MS",
+        default_value_t = 600_000
+    )]
+    pub event_stream_max_ms: u64,
+
     /// Status writes (claims, heartbeats, completions) grouped into one transaction; `1` writes
     /// each on its own.
     #[arg(long = "status-flush-max-items", env = "SLUICE_STATUS_FLUSH_MAX_ITEMS", value_name = "SLUICE_STATUS_FLUSH_MAX_ITEMS",
           default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub status_flush_max_items: u32,
 
-    /// Longest a status write waits for its group to fill before it is written.
+    /// Longest a status write waits for its group to fill while the flusher is busy (writes were
+    /// waiting when its last write ended); at idle a write goes at once.
     #[arg(long = "status-flush-interval-ms", env = "SLUICE_STATUS_FLUSH_INTERVAL_MS", value_name = "SLUICE_STATUS_FLUSH_INTERVAL_MS",
           default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub status_flush_interval_ms: u64,
@@ -343,6 +357,7 @@ impl Config {
             journal_flush_max_events: 16,
             journal_flush_interval_ms: 100,
             max_event_streams_per_tenant: 100,
+            event_stream_max_ms: 600_000,
             status_flush_max_items: 1_000,
             status_flush_interval_ms: 5,
             claim_wait_max_ms: 30_000,

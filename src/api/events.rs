@@ -82,7 +82,16 @@ pub async fn batch_events(
         stop: state.shutdown_token(),
     };
     let events = watch_batch(watch, &tenant, &id, after, filter).await?;
-    let events = events.map(move |event| {
+    // A stream ends after `SLUICE_EVENT_STREAM_MAX_MS` (never when 0); the client resumes from
+    // the last id it saw.
+    let max_open = state.config.event_stream_max_ms;
+    let ends = async move {
+        match max_open {
+            0 => std::future::pending::<()>().await,
+            ms => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
+    };
+    let events = events.take_until(ends).map(move |event| {
         // The stream's slot is held as long as the stream.
         let _open = &open;
         Ok::<_, Infallible>(

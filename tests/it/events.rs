@@ -366,6 +366,46 @@ async fn a_canceled_batch_ends_its_stream_with_one_batch_event(#[case] mode: Mod
 
 #[apply(both_modes)]
 #[tokio::test]
+async fn a_stream_open_longer_than_allowed_ends_and_resumes_from_its_last_id(#[case] mode: Mode) {
+    let server = TestServer::start_with(mode, |config| {
+        config.event_stream_max_ms = 300;
+    })
+    .await;
+    let id = server.new_batch(5).await;
+    // The batch stays open: without the bound this stream would not end.
+    let mut events = Vec::new();
+    let started = std::time::Instant::now();
+    let end = server
+        .read_events(&id, "", None, usize::MAX, &mut events)
+        .await;
+    assert_eq!(end, End::Closed);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let canceled = server
+        .client
+        .post(server.url(&format!("/api/v3/batches/{id}/cancel")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status(), StatusCode::OK);
+    let mut connections = 1;
+    while events.last().map(|event| event.data["status"].clone()) != Some("CANCELED".into()) {
+        connections += 1;
+        assert!(connections < 100, "no CANCELED event: {events:?}");
+        let last = events.last().map(|event| event.id);
+        server
+            .read_events(&id, "", last, usize::MAX, &mut events)
+            .await;
+    }
+    assert_journal_order(&events);
+}
+
+#[apply(both_modes)]
+#[tokio::test]
 async fn event_streams_are_refused_beyond_the_tenant_cap(#[case] mode: Mode) {
     let server = TestServer::start_with(mode, |config| {
         config.max_event_streams_per_tenant = 2;
