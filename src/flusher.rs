@@ -1,10 +1,12 @@
 //! The one generic size/time batcher every batched status write goes through.
 //!
 //! Callers [`Flusher::submit`] an item and wait for its outcome; one task collects items from a
-//! bounded channel and hands them to a [`Flush`] in groups: as soon as `max_items` are waiting, or
-//! when `interval` has passed since the group's first item (whatever is already queued is taken
-//! then without waiting again). A caller is answered only after its group's write returned, so an
-//! acknowledged write is committed.
+//! bounded channel and hands them to a [`Flush`] in groups. A group is its first item and whatever
+//! is already queued behind it; while the flusher is busy (items were waiting when its last write
+//! ended) it also waits for more, until `max_items` are waiting or `interval` has passed since the
+//! first. So a lone write, or one client's writes one after another, go at once, and writes under
+//! load share transactions. A caller is answered only after its group's write returned, so an acknowledged
+//! write is committed.
 //!
 //! While the store fails nothing piles up: a failed group is retried for up to a second while its
 //! callers wait (each try bounded to 10 s), then they are answered with the error, the flusher marks itself failing and answers every
@@ -41,7 +43,8 @@ pub trait Flush: Send + Sync + 'static {
 pub struct FlushSettings {
     /// Most items one flush writes; 1 writes each item on its own.
     pub max_items: usize,
-    /// Longest an item waits for its group to fill.
+    /// Longest an item waits for its group to fill, while the flusher is busy (items were
+    /// waiting when its last write ended); an item reaching an idle flusher does not wait.
     pub interval: Duration,
     /// Items waiting in the channel beyond the group being written; beyond it callers are turned
     /// away (`503`).
@@ -162,6 +165,8 @@ impl<F: Flush> FlushTask<F> {
     async fn run(self, mut receiver: mpsc::Receiver<Waiting<F>>, stop: CancellationToken) {
         let max_items = self.settings.max_items.max(1);
         let mut group: Vec<Waiting<F>> = Vec::with_capacity(max_items);
+        // Items were waiting when the last write ended: more are likely on their way.
+        let mut busy = false;
         loop {
             // The group's first item, or the end.
             let first = tokio::select! {
@@ -171,10 +176,16 @@ impl<F: Flush> FlushTask<F> {
             };
             let Some(first) = first else { break };
             group.push(first);
+            if !busy {
+                // One call's items are queued back to back: let the caller finish queueing
+                // before the group is taken.
+                tokio::task::yield_now().await;
+            }
             let deadline = tokio::time::Instant::now() + self.settings.interval;
             while group.len() < max_items {
                 match receiver.try_recv() {
                     Ok(item) => group.push(item),
+                    Err(_) if !busy => break,
                     Err(_) => {
                         let next = tokio::select! {
                             biased;
@@ -190,6 +201,7 @@ impl<F: Flush> FlushTask<F> {
                 }
             }
             self.write(&mut group).await;
+            busy = !receiver.is_empty();
             if self.failing.load(Ordering::Acquire) {
                 self.recover(&mut receiver, &stop).await;
             }
@@ -360,20 +372,43 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_lone_item_waits_at_most_the_interval() {
+    async fn a_lone_item_goes_at_once_and_items_under_load_wait_at_most_the_interval() {
         let recorder = Recorder::default();
         let (flusher, _task) = Flusher::spawn(
             "test",
             recorder.clone(),
-            settings(1000),
+            settings(3),
             CancellationToken::new(),
         );
+        // One caller's writes one after another: each goes at once.
         let started = tokio::time::Instant::now();
         assert_eq!(flusher.submit(7).await.unwrap(), 70);
+        assert_eq!(flusher.submit(8).await.unwrap(), 80);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // Four at once: three fill a group; the fourth was waiting when it was written, so its
+        // group waits for company, and takes the item that comes 2 ms later.
+        let started = tokio::time::Instant::now();
+        let (first, last) = tokio::join!(
+            futures::future::join_all((0..4).map(|item| flusher.submit(item))),
+            async {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                flusher.submit(4).await
+            }
+        );
+        assert!(first.into_iter().all(|answer| answer.is_ok()));
+        assert_eq!(last.unwrap(), 40);
         let waited = started.elapsed();
         assert!(
             waited >= Duration::from_millis(5) && waited < Duration::from_millis(6),
             "{waited:?}"
+        );
+        // Nothing was waiting after that write: idle again.
+        let started = tokio::time::Instant::now();
+        assert_eq!(flusher.submit(9).await.unwrap(), 90);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(
+            recorder.groups.lock().unwrap().clone(),
+            vec![vec![7], vec![8], vec![0, 1, 2], vec![3, 4], vec![9]]
         );
     }
 

@@ -44,7 +44,8 @@ fn claim_statement(lock: &str) -> String {
 
 /// Moves the checkpoint past a chunk, if the pass holds the claim and the checkpoint is where the
 /// chunk starts; answers the batch's status (a canceled batch's runs are written canceled).
-const ADVANCE: &str = "UPDATE batches SET materialised_count = $3, materialiser_lease_until = $4 \
+const ADVANCE: &str = "UPDATE batches SET materialised_count = $3, materialiser_lease_until = $4, \
+     open_runs = open_runs + $6 \
      WHERE id = $1 AND materialiser = $2 AND materialised_count = $5 RETURNING status";
 
 #[derive(Debug, sqlx::FromRow)]
@@ -163,6 +164,7 @@ macro_rules! impl_sql_run_store {
                     .bind(end)
                     .bind(lease_until)
                     .bind(first)
+                    .bind(chunk.failed.iter().filter(|failed| !**failed).count() as i64)
                     .fetch_optional(&mut *transaction)
                     .await?;
                 let Some(status) = status else {

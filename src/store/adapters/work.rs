@@ -2,7 +2,7 @@
 //! relation `u` of the group's rows: `UNNEST` of one array per column on Postgres, multi-row
 //! `VALUES` on SQLite; the statement after it is the same text for both.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use async_trait::async_trait;
 use sqlx::{Postgres, QueryBuilder, Sqlite, Transaction};
@@ -94,15 +94,18 @@ const CANCEL_RETURNED: &str = "UPDATE runs SET status = 'CANCELED', completed_at
      updated_at = $2 WHERE batch_id = $1 AND status = 'PENDING' \
      AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status = 'CANCELED')";
 
-/// A batch whose runs are all written and all final turns final: `COMPLETED` when every run
-/// completed, else `PARTIAL_FAILED`. Run with the batch row locked, so of two transactions that
-/// each make some of its last runs final, the second sees the first's.
+/// A batch whose runs are all written and all final (`open_runs`, kept by every write that adds a
+/// run or makes one final) turns final: `COMPLETED` when every run completed, else
+/// `PARTIAL_FAILED` (read once, from final runs only). Run with the batch row locked, so of two
+/// transactions that each make some of its last runs final, the second sees the first's.
 pub(super) const FINISH_IF_ALL_FINAL: &str = "UPDATE batches SET completed_at = $2, status = CASE \
      WHEN EXISTS (SELECT 1 FROM runs WHERE batch_id = $1 AND status IN ('FAILED', 'CANCELED')) \
      THEN 'PARTIAL_FAILED' ELSE 'COMPLETED' END \
-     WHERE id = $1 AND status = 'PROCESSING' AND materialised_count = run_count AND NOT EXISTS \
-     (SELECT 1 FROM runs WHERE batch_id = $1 AND status IN ('PENDING', 'CLAIMED')) \
+     WHERE id = $1 AND status = 'PROCESSING' AND materialised_count = run_count AND open_runs <= 0 \
      RETURNING status";
+
+/// Runs of the batch that turned final in this transaction; also locks its row.
+const CLOSE_RUNS: &str = "UPDATE batches SET open_runs = open_runs - $2 WHERE id = $1";
 
 type ClaimRow = (
     String,
@@ -178,13 +181,19 @@ macro_rules! impl_sql_work_store {
             /// runs sent back to pending in batches canceled meanwhile.
             async fn settle_batches(
                 transaction: &mut Transaction<'_, $db>,
-                finished: &BTreeSet<String>,
+                finished: &BTreeMap<String, i64>,
                 returned: &BTreeSet<String>,
                 now: Millis,
             ) -> Result<(), DependencyError> {
-                let locked: BTreeSet<&String> = finished.iter().chain(returned).collect();
+                let locked: BTreeSet<&String> = finished.keys().chain(returned).collect();
                 for batch_id in &locked {
-                    if !$lock_batches.is_empty() {
+                    if let Some(closed) = finished.get(*batch_id) {
+                        sqlx::query(CLOSE_RUNS)
+                            .bind(*batch_id)
+                            .bind(*closed)
+                            .execute(&mut **transaction)
+                            .await?;
+                    } else if !$lock_batches.is_empty() {
                         sqlx::query($lock_batches)
                             .bind(*batch_id)
                             .execute(&mut **transaction)
@@ -198,7 +207,7 @@ macro_rules! impl_sql_work_store {
                         .execute(&mut **transaction)
                         .await?;
                 }
-                for batch_id in finished {
+                for batch_id in finished.keys() {
                     let status: Option<String> = sqlx::query_scalar(FINISH_IF_ALL_FINAL)
                         .bind(batch_id)
                         .bind(now)
@@ -351,7 +360,7 @@ macro_rules! impl_sql_work_store {
                 let mut transaction = self.pool.begin_with($begin).await?;
                 let applied = Self::write_completions(&mut transaction, &grouped, now).await?;
                 let mut results = Vec::with_capacity(completions.len());
-                let (mut finished, mut returned) = (BTreeSet::new(), BTreeSet::new());
+                let (mut finished, mut returned) = (BTreeMap::new(), BTreeSet::new());
                 for (completion, first) in completions.iter().zip(&first) {
                     let key = (completion.run.batch_id.clone(), completion.run.index);
                     let written = if *first {
@@ -364,7 +373,7 @@ macro_rules! impl_sql_work_store {
                             if done.status == RunStatus::Pending {
                                 returned.insert(completion.run.batch_id.clone());
                             } else {
-                                finished.insert(completion.run.batch_id.clone());
+                                *finished.entry(completion.run.batch_id.clone()).or_insert(0) += 1;
                             }
                             Fenced::Applied(done)
                         }
@@ -402,7 +411,7 @@ macro_rules! impl_sql_work_store {
                         .fetch_all(&mut *transaction)
                         .await?;
                 let mut swept = Swept::default();
-                let (mut finished, mut returned) = (BTreeSet::new(), BTreeSet::new());
+                let (mut finished, mut returned) = (BTreeMap::new(), BTreeSet::new());
                 let mut returned_in = BTreeSet::new();
                 for (batch_id, status, tenant, index, attempt) in rows {
                     if status == RunStatus::Pending.as_str() {
@@ -417,7 +426,7 @@ macro_rules! impl_sql_work_store {
                             index as u32,
                             attempt.max(0) as u32,
                         ));
-                        finished.insert(batch_id);
+                        *finished.entry(batch_id).or_insert(0) += 1;
                     }
                 }
                 swept.returned_in = returned_in.into_iter().collect();
