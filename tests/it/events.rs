@@ -76,6 +76,17 @@ impl Api {
         end.unwrap_or_else(|_| panic!("the stream of {id} did not end: {:?}", into.last()))
     }
 
+    pub async fn cancel_batch(&self, id: &str) {
+        let canceled = self
+            .client
+            .post(self.url(&format!("/api/v3/batches/{id}/cancel")))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(canceled.status(), StatusCode::OK);
+    }
+
     /// Every event of the batch, read with reconnections after random numbers of events.
     pub async fn read_events_reconnecting(
         &self,
@@ -338,14 +349,7 @@ async fn a_canceled_batch_ends_its_stream_with_one_batch_event(#[case] mode: Mod
     assert_eq!(body["sealed"], true, "{body}");
     let mut events = Vec::new();
     server.read_events(&id, "", None, 1, &mut events).await;
-    let canceled = server
-        .client
-        .post(server.url(&format!("/api/v3/batches/{id}/cancel")))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(canceled.status(), StatusCode::OK);
+    server.cancel_batch(&id).await;
     let mut rest = Vec::new();
     let last = events.last().map(|event| event.id);
     assert_eq!(
@@ -384,14 +388,7 @@ async fn a_stream_open_longer_than_allowed_ends_and_resumes_from_its_last_id(#[c
         "{:?}",
         started.elapsed()
     );
-    let canceled = server
-        .client
-        .post(server.url(&format!("/api/v3/batches/{id}/cancel")))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(canceled.status(), StatusCode::OK);
+    server.cancel_batch(&id).await;
     let mut connections = 1;
     while events.last().map(|event| event.data["status"].clone()) != Some("CANCELED".into()) {
         connections += 1;
