@@ -34,8 +34,8 @@ async fn a_stream_that_ends_within_the_grace_period_is_answered_normally(#[case]
     drop(sender);
     let (status, body) = into_parts(stream.await.unwrap().unwrap()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["itemsAccepted"], 10);
-    assert_eq!(body["sealed"], true);
+    assert_eq!(body["itemsAccepted"], 10, "{body}");
+    assert_eq!(body["sealed"], true, "{body}");
 }
 
 #[apply(both_modes)]
