@@ -94,12 +94,12 @@ pub fn spawn(
                     waiting.push(event);
                 }
                 for part in waiting.chunks(MAX_FLUSH_EVENTS) {
-                    flush(journal.as_ref(), &live, part, true).await;
+                    flush(journal.as_ref(), &live, part, true, &stop).await;
                 }
                 return;
             }
             if !waiting.is_empty() {
-                flush(journal.as_ref(), &live, &waiting, false).await;
+                flush(journal.as_ref(), &live, &waiting, false, &stop).await;
                 waiting.clear();
             }
         }
@@ -110,9 +110,16 @@ pub fn spawn(
     }
 }
 
-/// Writes `events` (retrying while the store is unavailable; at shutdown, once) and publishes
-/// what was committed.
-async fn flush(journal: &dyn EventJournal, live: &LiveEvents, events: &[NewEvent], last: bool) {
+/// Writes `events` (retrying while the store is unavailable; at shutdown, once: a flush retrying
+/// when `stop` comes tries once more and then drops them, so a store that is gone never holds the
+/// shutdown) and publishes what was committed.
+async fn flush(
+    journal: &dyn EventJournal,
+    live: &LiveEvents,
+    events: &[NewEvent],
+    last: bool,
+    stop: &CancellationToken,
+) {
     if events.is_empty() {
         return;
     }
@@ -132,11 +139,14 @@ async fn flush(journal: &dyn EventJournal, live: &LiveEvents, events: &[NewEvent
             }
             Err(AppendError::Dependency(error)) => {
                 tracing::warn!(%error, events = events.len(), "could not write events to the journal");
-                if last {
+                if last || stop.is_cancelled() {
                     crate::metrics::journal_events_dropped("store_failed", events.len() as u64);
                     return;
                 }
-                tokio::time::sleep(RETRY_AFTER).await;
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(RETRY_AFTER) => {}
+                }
             }
         }
     };
@@ -187,6 +197,8 @@ mod tests {
     struct Recorded {
         appends: Mutex<Vec<usize>>,
         next: Mutex<u64>,
+        /// Every append fails as if the database were gone.
+        down: bool,
     }
 
     #[async_trait]
@@ -197,6 +209,12 @@ mod tests {
             _now: Millis,
         ) -> Result<Vec<Option<StoredEvent>>, AppendError> {
             self.appends.lock().unwrap().push(events.len());
+            if self.down {
+                return Err(AppendError::Dependency(DependencyError::unavailable(
+                    crate::dependency::Dependency::Database,
+                    "down",
+                )));
+            }
             let mut next = self.next.lock().unwrap();
             Ok(events
                 .iter()
@@ -288,5 +306,37 @@ mod tests {
             seqs.push(event.seq);
         }
         assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_retrying_against_a_store_that_is_gone_ends_at_stop() {
+        let journal = Arc::new(Recorded {
+            down: true,
+            ..Recorded::default()
+        });
+        let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
+        let stop = CancellationToken::new();
+        let settings = WriterSettings {
+            flush_max_events: 1,
+            flush_interval: Duration::from_millis(100),
+        };
+        let live = LiveEvents {
+            hub: Arc::new(Hub::default()),
+            bus: None,
+        };
+        let task = spawn(journal.clone(), live, queued, settings, stop.clone());
+        queue.send(event(false)).await.unwrap();
+        // The flush retries every RETRY_AFTER while the store is down.
+        tokio::time::sleep(RETRY_AFTER * 4 + Duration::from_millis(1)).await;
+        let tries = journal.appends.lock().unwrap().len();
+        assert!(tries >= 4, "{tries} tries");
+        queue.send(event(false)).await.unwrap();
+        let stopped = tokio::time::Instant::now();
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task.handle)
+            .await
+            .expect("the writer ended after stop")
+            .unwrap();
+        assert!(stopped.elapsed() < RETRY_AFTER, "{:?}", stopped.elapsed());
     }
 }
