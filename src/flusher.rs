@@ -5,8 +5,8 @@
 //! is already queued behind it; while the flusher is busy (items were waiting when its last write
 //! ended) it also waits for more, until `max_items` are waiting or `interval` has passed since the
 //! first. So a lone write, or one client's writes one after another, go at once, and writes under
-//! load share transactions. A caller is answered only after its group's write returned, so an acknowledged
-//! write is committed.
+//! load share transactions. A caller is answered only after its group's write returned, so an
+//! acknowledged write is committed.
 //!
 //! While the store fails nothing piles up: a failed group is retried for up to a second while its
 //! callers wait (each try bounded to 10 s), then they are answered with the error, the flusher marks itself failing and answers every

@@ -260,22 +260,29 @@ mod tests {
         }
     }
 
+    /// A writer over `journal` publishing to `hub`, flushing at `flush_max_events` or 100 ms.
+    fn start(
+        journal: Arc<Recorded>,
+        hub: Arc<Hub>,
+        flush_max_events: usize,
+    ) -> (mpsc::Sender<NewEvent>, CancellationToken, NamedTask) {
+        let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
+        let stop = CancellationToken::new();
+        let settings = WriterSettings {
+            flush_max_events,
+            flush_interval: Duration::from_millis(100),
+        };
+        let live = LiveEvents { hub, bus: None };
+        let task = spawn(journal, live, queued, settings, stop.clone());
+        (queue, stop, task)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn flushes_on_size_on_time_on_a_terminal_event_and_at_stop() {
         let journal = Arc::new(Recorded::default());
         let hub = Arc::new(Hub::default());
         let mut watching = hub.subscribe("batch_a");
-        let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
-        let stop = CancellationToken::new();
-        let settings = WriterSettings {
-            flush_max_events: 16,
-            flush_interval: Duration::from_millis(100),
-        };
-        let live = LiveEvents {
-            hub: hub.clone(),
-            bus: None,
-        };
-        let task = spawn(journal.clone(), live, queued, settings, stop.clone());
+        let (queue, stop, task) = start(journal.clone(), hub, 16);
         let appends = || journal.appends.lock().unwrap().clone();
 
         // Size: 16 waiting start a flush at once.
@@ -314,17 +321,7 @@ mod tests {
             down: true,
             ..Recorded::default()
         });
-        let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
-        let stop = CancellationToken::new();
-        let settings = WriterSettings {
-            flush_max_events: 1,
-            flush_interval: Duration::from_millis(100),
-        };
-        let live = LiveEvents {
-            hub: Arc::new(Hub::default()),
-            bus: None,
-        };
-        let task = spawn(journal.clone(), live, queued, settings, stop.clone());
+        let (queue, stop, task) = start(journal.clone(), Arc::new(Hub::default()), 1);
         queue.send(event(false)).await.unwrap();
         // The flush retries every RETRY_AFTER while the store is down.
         tokio::time::sleep(RETRY_AFTER * 4 + Duration::from_millis(1)).await;

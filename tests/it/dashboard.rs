@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::{KEY, Mode, TestServer, apply, both_modes};
+use crate::workers::report;
 
 #[apply(both_modes)]
 #[tokio::test]
@@ -32,18 +33,9 @@ async fn the_dashboard_page_is_served_without_a_key(#[case] mode: Mode) {
 
 /// Completes the batch's runs in steps, one failed, while the page watches.
 async fn complete_slowly(server: &TestServer, task: &str, runs: usize) {
-    let claimed: Value = server
-        .client
-        .post(server.url("/api/v3/runs/claim"))
-        .bearer_auth(KEY)
-        .json(&json!({ "tasks": [task], "limit": runs, "waitMs": 5000 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let claimed = claimed["runs"].as_array().unwrap().clone();
+    let claimed = server
+        .claim(json!({ "tasks": [task], "limit": runs, "waitMs": 5000 }))
+        .await;
     assert_eq!(claimed.len(), runs, "{claimed:?}");
     for step in claimed.chunks(runs / 5) {
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -51,22 +43,15 @@ async fn complete_slowly(server: &TestServer, task: &str, runs: usize) {
             .iter()
             .map(|run| {
                 if run["index"] == 7 {
-                    json!({ "id": run["id"], "leaseId": run["leaseId"], "status": "FAILED",
-                            "error": { "code": "BOOM", "message": "the disk is full" } })
+                    let mut failed = report(run, "FAILED");
+                    failed["error"] = json!({ "code": "BOOM", "message": "the disk is full" });
+                    failed
                 } else {
-                    json!({ "id": run["id"], "leaseId": run["leaseId"], "status": "COMPLETED" })
+                    report(run, "COMPLETED")
                 }
             })
             .collect();
-        let response = server
-            .client
-            .post(server.url("/api/v3/runs/complete"))
-            .bearer_auth(KEY)
-            .json(&json!({ "runs": reports }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        server.complete(json!(reports)).await;
     }
 }
 

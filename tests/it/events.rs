@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::support::{Api, KEY, Mode, OTHER_KEY, TestServer, apply, both_modes, ndjson};
+use crate::workers::report;
 
 /// Longest any stream of these tests may take to reach its batch's final event.
 const STREAM_LIMIT: Duration = Duration::from_secs(120);
@@ -543,25 +544,14 @@ async fn work_through(
 ) -> std::collections::HashMap<u64, std::time::Instant> {
     let mut sent = std::collections::HashMap::new();
     while sent.len() < runs as usize {
-        let claimed: Value = api
-            .client
-            .post(api.url("/api/v3/runs/claim"))
-            .bearer_auth(KEY)
-            .json(&serde_json::json!({ "tasks": [task], "limit": 50, "waitMs": 1000 }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let claimed = claimed["runs"].as_array().unwrap().clone();
+        let claimed = api
+            .claim(serde_json::json!({ "tasks": [task], "limit": 50, "waitMs": 1000 }))
+            .await;
         let reports: Vec<Value> = claimed
             .iter()
             .map(|run| {
                 let index = run["index"].as_u64().unwrap();
-                let mut report = serde_json::json!({
-                    "id": run["id"], "leaseId": run["leaseId"], "status": "COMPLETED",
-                });
+                let mut report = report(run, "COMPLETED");
                 if index % 10 == 0 {
                     report["status"] = "FAILED".into();
                     report["error"] = serde_json::json!({ "code": "BOOM", "message": format!("run {index} failed") });
@@ -573,15 +563,7 @@ async fn work_through(
             continue;
         }
         let at = std::time::Instant::now();
-        let response = api
-            .client
-            .post(api.url("/api/v3/runs/complete"))
-            .bearer_auth(KEY)
-            .json(&serde_json::json!({ "runs": reports }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        api.complete(Value::Array(reports)).await;
         for run in &claimed {
             sent.insert(run["index"].as_u64().unwrap(), at);
         }
