@@ -78,14 +78,10 @@ impl Api {
     }
 
     pub async fn cancel_batch(&self, id: &str) {
-        let canceled = self
-            .client
-            .post(self.url(&format!("/api/v3/batches/{id}/cancel")))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(canceled.status(), StatusCode::OK);
+        let (status, body) = self
+            .post_empty(&format!("/api/v3/batches/{id}/cancel"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 
     /// Every event of the batch, read with reconnections after random numbers of events.
