@@ -18,61 +18,14 @@ use sluice::store::{Millis, now_millis};
 
 use crate::runs::crash::runs_in_database;
 use crate::runs::wait_materialised;
-use crate::support::{KEY, Mode, TENANT, TestServer, both_modes, poll_until};
+use crate::support::{Database, KEY, Mode, TENANT, TestServer, both_modes, poll_until};
 use crate::workers::{batch_of, report, worker_server};
 
 const DAY: Millis = MILLIS_PER_DAY;
 const JOB_LIMIT: Duration = Duration::from_secs(30);
 
-/// The server's database, for moving data into the past as if time had passed.
-enum Database {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
-}
-
+/// Moving data into the past as if time had passed.
 impl Database {
-    async fn of(server: &TestServer, mode: Mode) -> Self {
-        match mode {
-            Mode::Embedded => {
-                let path = server.data_dir().join("sluice.db");
-                let url = format!("sqlite://{}", path.display());
-                Self::Sqlite(sqlx::SqlitePool::connect(&url).await.unwrap())
-            }
-            Mode::Production | Mode::ProductionCluster => {
-                let url = std::env::var("SLUICE_TEST_DATABASE_URL").unwrap();
-                Self::Postgres(sqlx::PgPool::connect(&url).await.unwrap())
-            }
-        }
-    }
-
-    /// The number `sql` (a `SELECT COUNT(*)` with the batch id as `$1`) answers.
-    async fn count(&self, sql: &str, id: &str) -> i64 {
-        let count = match self {
-            Self::Sqlite(pool) => sqlx::query_scalar(sql).bind(id).fetch_one(pool).await,
-            Self::Postgres(pool) => sqlx::query_scalar(sql).bind(id).fetch_one(pool).await,
-        };
-        count.unwrap_or_else(|error| panic!("{sql}: {error}"))
-    }
-
-    /// Runs `sql` with the batch id as `$1` and a number of milliseconds as `$2`.
-    async fn execute(&self, sql: &str, id: &str, millis: Millis) -> u64 {
-        let done = match self {
-            Self::Sqlite(pool) => sqlx::query(sql)
-                .bind(id)
-                .bind(millis)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected()),
-            Self::Postgres(pool) => sqlx::query(sql)
-                .bind(id)
-                .bind(millis)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected()),
-        };
-        done.unwrap_or_else(|error| panic!("{sql}: {error}"))
-    }
-
     /// The batch turned final `ago` earlier than it did.
     async fn completed_earlier(&self, id: &str, ago: Millis) {
         let sql = "UPDATE batches SET completed_at = completed_at - $2 WHERE id = $1";

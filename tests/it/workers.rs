@@ -192,6 +192,10 @@ async fn retries_go_back_to_pending_until_max_attempts_then_fail(mode: Mode) {
     reports[0]["retryDelayMs"] = json!(300);
     let results = server.complete(Value::Array(reports)).await;
     assert_eq!(results[0]["status"], "PENDING", "{results:?}");
+    assert_eq!(
+        counts(&server, &id).await,
+        json!({"pending": 1, "claimed": 0, "running": 0, "completed": 1, "failed": 0, "canceled": 0})
+    );
 
     // Not before its delay.
     assert!(server.claim(json!({ "limit": 5 })).await.is_empty());
@@ -300,6 +304,10 @@ async fn heartbeats_keep_a_lease_and_exhausted_leases_fail_the_run(mode: Mode) {
         "its one attempt expired: {second}"
     );
     assert_eq!(second["error"]["code"], "LEASE_EXPIRED");
+    assert_eq!(
+        counts(&server, &id).await,
+        json!({"pending": 0, "claimed": 1, "running": 1, "completed": 0, "failed": 1, "canceled": 0})
+    );
     let (_, first) = server
         .get(&format!("/api/v3/runs/{}", runs[0]["id"].as_str().unwrap()))
         .await;

@@ -11,7 +11,7 @@
 use async_trait::async_trait;
 use sqlx::{Postgres, Sqlite, Transaction};
 
-use super::{PostgresStore, SqliteStore};
+use super::{PostgresStore, SqliteStore, is_unique_violation};
 use crate::dependency::DependencyError;
 use crate::events::{AppendError, EventJournal, EventKind, JournalEnd, NewEvent, StoredEvent};
 use crate::store::Millis;
@@ -67,10 +67,6 @@ fn stored_at(event: &NewEvent, seq: i64) -> StoredEvent {
         terminal: event.terminal,
         data: event.data.clone(),
     }
-}
-
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 fn insert_error(error: sqlx::Error) -> AppendError {

@@ -5,15 +5,36 @@
 use async_trait::async_trait;
 use sqlx::{Postgres, Sqlite, Transaction};
 
+use super::copy::BinaryRows;
 use super::row::{BATCH_COLUMNS, BatchRow};
-use super::work::FINISH_IF_ALL_FINAL;
-use super::{PostgresStore, SqliteStore};
+use super::work::{FINISH_IF_ALL_FINAL, RUNS_CANCELED};
+use super::{PostgresStore, SqliteStore, is_unique_violation};
 use crate::dependency::DependencyError;
 use crate::store::runs::{
     BatchCursor, Canceled, ChunkCommitted, MaterialiseClaim, Run, RunChunk, RunCounts, RunError,
     RunStatus, RunStore,
 };
 use crate::store::{Batch, BatchStatus, Millis};
+
+/// What a chunk's insert does with a run already written. None ever is: runs are written only in
+/// their chunk's transaction, after the guarded checkpoint update that locks the batch row, so the
+/// insert is a plain one (on Postgres, `ON CONFLICT` would insert each row speculatively and confirm
+/// it, a third of the chunk's cost). Were one there (a bug), the insert fails with a unique
+/// violation and the chunk is written again keeping it, rather than the batch never finishing.
+#[derive(Debug, Clone, Copy)]
+enum Existing {
+    Fail,
+    Keep,
+}
+
+impl Existing {
+    fn clause(self) -> &'static str {
+        match self {
+            Self::Fail => "",
+            Self::Keep => " ON CONFLICT (batch_id, idx) DO NOTHING",
+        }
+    }
+}
 
 /// SQLite binds at most 32 766 values per statement; 15 per run.
 const SQLITE_RUNS_PER_STATEMENT: usize = 2_000;
@@ -26,9 +47,19 @@ const RUN_LIST_COLUMNS: &str = "batch_id, idx, tenant, task, CAST(NULL AS BYTEA)
      payload_type, options, status, attempt, max_attempts, output, error_code, error_message, \
      error_line, created_at, claimed_at, completed_at";
 
-const INSERT_COLUMNS: &str = "INSERT INTO runs (batch_id, idx, tenant, task, payload, \
-     payload_type, options, status, attempt, max_attempts, error_code, error_message, error_line, \
-     created_at, updated_at) ";
+/// The columns a chunk writes (the others keep their defaults).
+macro_rules! written_columns {
+    () => {
+        "batch_id, idx, tenant, task, payload, payload_type, options, status, attempt, \
+         max_attempts, error_code, error_message, error_line, created_at, updated_at"
+    };
+}
+const INSERT_COLUMNS: &str = concat!("INSERT INTO runs (", written_columns!(), ") ");
+const COPY_RUNS: &str = concat!(
+    "COPY runs (",
+    written_columns!(),
+    ") FROM STDIN (FORMAT binary)"
+);
 
 /// The claim: the oldest sealed batch not done materialising whose claim is free or expired. The
 /// guard is repeated on the outer update so a concurrent claim of the same row loses.
@@ -43,9 +74,12 @@ fn claim_statement(lock: &str) -> String {
 }
 
 /// Moves the checkpoint past a chunk, if the pass holds the claim and the checkpoint is where the
-/// chunk starts; answers the batch's status (a canceled batch's runs are written canceled).
+/// chunk starts, and counts the chunk's runs: `$6` pending (canceled, in a canceled batch) and `$7`
+/// failed. Answers the batch's status (a canceled batch's runs are written canceled).
 const ADVANCE: &str = "UPDATE batches SET materialised_count = $3, materialiser_lease_until = $4, \
-     open_runs = open_runs + $6 \
+     open_runs = open_runs + CASE WHEN status = 'CANCELED' THEN 0 ELSE CAST($6 AS BIGINT) END, \
+     canceled_runs = canceled_runs + CASE WHEN status = 'CANCELED' THEN CAST($6 AS BIGINT) ELSE 0 END, \
+     failed_runs = failed_runs + CAST($7 AS BIGINT) \
      WHERE id = $1 AND materialiser = $2 AND materialised_count = $5 RETURNING status";
 
 #[derive(Debug, sqlx::FromRow)]
@@ -153,34 +187,18 @@ macro_rules! impl_sql_run_store {
                 now: Millis,
                 lease_until: Millis,
             ) -> Result<ChunkCommitted, DependencyError> {
-                let Some(&first) = chunk.index.first() else {
-                    return Ok(ChunkCommitted::Written);
-                };
-                let end = first + chunk.len() as i32;
-                let mut transaction = self.pool.begin_with($begin).await?;
-                let status: Option<String> = sqlx::query_scalar(ADVANCE)
-                    .bind(&claim.batch_id)
-                    .bind(&claim.token)
-                    .bind(end)
-                    .bind(lease_until)
-                    .bind(first)
-                    .bind(chunk.failed.iter().filter(|failed| !**failed).count() as i64)
-                    .fetch_optional(&mut *transaction)
-                    .await?;
-                let Some(status) = status else {
-                    return Ok(ChunkCommitted::ClaimLost);
-                };
-                let canceled = status == BatchStatus::Canceled.as_str();
-                Self::insert_runs(&mut transaction, claim, chunk, canceled, now).await?;
-                if end as u32 == claim.run_count {
-                    sqlx::query(FINISH_IF_ALL_FINAL)
-                        .bind(&claim.batch_id)
-                        .bind(now)
-                        .execute(&mut *transaction)
-                        .await?;
+                match self.write_chunk(claim, chunk, now, lease_until, Existing::Fail).await {
+                    Err(error) if is_unique_violation(&error) => {
+                        tracing::warn!(
+                            batch_id = %claim.batch_id,
+                            first_index = chunk.index.first().copied().unwrap_or_default(),
+                            "a run of the chunk was already written; writing the chunk again, \
+                             keeping the runs already there"
+                        );
+                        Ok(self.write_chunk(claim, chunk, now, lease_until, Existing::Keep).await?)
+                    }
+                    written => Ok(written?),
                 }
-                transaction.commit().await?;
-                Ok(ChunkCommitted::Written)
             }
 
             async fn release_materialise(
@@ -221,19 +239,25 @@ macro_rules! impl_sql_run_store {
             }
 
             async fn run_counts(&self, batch_id: &str) -> Result<RunCounts, DependencyError> {
-                let rows: Vec<(String, i64)> = sqlx::query_as(
-                    "SELECT status, COUNT(*) FROM runs WHERE batch_id = $1 GROUP BY status",
+                // One statement, so the counters and the claimed runs are read at one moment.
+                let row: Option<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT open_runs, completed_runs, failed_runs, canceled_runs, \
+                     (SELECT COUNT(*) FROM runs WHERE batch_id = $1 AND status = 'CLAIMED') \
+                     FROM batches WHERE id = $1",
                 )
                 .bind(batch_id)
-                .fetch_all(&self.pool)
+                .fetch_optional(&self.pool)
                 .await?;
-                let mut counts = RunCounts::default();
-                for (status, count) in rows {
-                    if let Some(status) = RunStatus::parse(&status) {
-                        counts.add(status, count as u64);
+                let count = |n: i64| n.max(0) as u64;
+                Ok(row.map_or_else(RunCounts::default, |(open, completed, failed, canceled, claimed)| {
+                    RunCounts {
+                        pending: count(open - claimed),
+                        claimed: count(claimed),
+                        completed: count(completed),
+                        failed: count(failed),
+                        canceled: count(canceled),
                     }
-                }
-                Ok(counts)
+                }))
             }
 
             async fn runs(
@@ -244,9 +268,16 @@ macro_rules! impl_sql_run_store {
                 limit: u32,
             ) -> Result<Vec<Run>, DependencyError> {
                 let rows: Vec<RunRow> = match status {
+                    // Pending runs and the others have an index each; the status is spelled out
+                    // where a prepared statement's plan must know which one it may use.
                     Some(status) => sqlx::query_as(&format!(
                         "SELECT {RUN_LIST_COLUMNS} FROM runs WHERE batch_id = $1 \
-                         AND status = $2 AND idx >= $3 ORDER BY idx LIMIT $4"
+                         AND status = $2 AND {} AND idx >= $3 ORDER BY idx LIMIT $4",
+                        if status == RunStatus::Pending {
+                            "status = 'PENDING'"
+                        } else {
+                            "status <> 'PENDING'"
+                        }
                     ))
                     .bind(batch_id)
                     .bind(status.as_str())
@@ -322,14 +353,20 @@ macro_rules! impl_sql_run_store {
                 .fetch_optional(&mut *transaction)
                 .await?;
                 if let Some(batch) = canceled {
-                    sqlx::query(
+                    let canceled = sqlx::query(
                         "UPDATE runs SET status = 'CANCELED', completed_at = $2, updated_at = $2 \
                          WHERE batch_id = $1 AND status = 'PENDING'",
                     )
                     .bind(id)
                     .bind(now)
                     .execute(&mut *transaction)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    sqlx::query(RUNS_CANCELED)
+                        .bind(id)
+                        .bind(canceled as i64)
+                        .execute(&mut *transaction)
+                        .await?;
                     transaction.commit().await?;
                     return Ok(Canceled::Canceled(batch.into()));
                 }
@@ -344,6 +381,49 @@ macro_rules! impl_sql_run_store {
                 })
             }
         }
+
+        impl $store {
+            /// The chunk's transaction: the guarded checkpoint first (it locks the batch row), then
+            /// its runs.
+            async fn write_chunk(
+                &self,
+                claim: &MaterialiseClaim,
+                chunk: &RunChunk,
+                now: Millis,
+                lease_until: Millis,
+                existing: Existing,
+            ) -> Result<ChunkCommitted, sqlx::Error> {
+                let Some(&first) = chunk.index.first() else {
+                    return Ok(ChunkCommitted::Written);
+                };
+                let end = first + chunk.len() as i32;
+                let mut transaction = self.pool.begin_with($begin).await?;
+                let status: Option<String> = sqlx::query_scalar(ADVANCE)
+                    .bind(&claim.batch_id)
+                    .bind(&claim.token)
+                    .bind(end)
+                    .bind(lease_until)
+                    .bind(first)
+                    .bind(chunk.failed.iter().filter(|failed| !**failed).count() as i64)
+                    .bind(chunk.failed.iter().filter(|failed| **failed).count() as i64)
+                    .fetch_optional(&mut *transaction)
+                    .await?;
+                let Some(status) = status else {
+                    return Ok(ChunkCommitted::ClaimLost);
+                };
+                let canceled = status == BatchStatus::Canceled.as_str();
+                Self::insert_runs(&mut transaction, claim, chunk, canceled, now, existing).await?;
+                if end as u32 == claim.run_count {
+                    sqlx::query(FINISH_IF_ALL_FINAL)
+                        .bind(&claim.batch_id)
+                        .bind(now)
+                        .execute(&mut *transaction)
+                        .await?;
+                }
+                transaction.commit().await?;
+                Ok(ChunkCommitted::Written)
+            }
+        }
     };
 }
 
@@ -351,14 +431,56 @@ impl_sql_run_store!(PostgresStore, Postgres, "FOR UPDATE SKIP LOCKED", "BEGIN");
 impl_sql_run_store!(SqliteStore, Sqlite, "", "BEGIN IMMEDIATE");
 
 impl PostgresStore {
-    /// One statement for the whole chunk: every column bound as an array.
+    /// One binary `COPY` for the whole chunk: Postgres writes its rows a page at a time. A chunk
+    /// written again keeping the runs already there (see [`Existing`]) is one
+    /// `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING` instead, every column bound as an
+    /// array.
     async fn insert_runs(
         transaction: &mut Transaction<'_, Postgres>,
         claim: &MaterialiseClaim,
         chunk: &RunChunk,
         canceled: bool,
         now: Millis,
-    ) -> Result<(), DependencyError> {
+        existing: Existing,
+    ) -> Result<(), sqlx::Error> {
+        if let Existing::Keep = existing {
+            return Self::insert_runs_keeping(transaction, claim, chunk, canceled, now).await;
+        }
+        let statuses = chunk.statuses(canceled);
+        let attempts = chunk.attempts();
+        let payload_bytes: usize = chunk.payload.iter().flatten().map(Vec::len).sum();
+        let mut rows = BinaryRows::with_capacity(payload_bytes + chunk.len() * 160);
+        for i in 0..chunk.len() {
+            rows.row(15)
+                .text(Some(&claim.batch_id))
+                .int4(chunk.index[i])
+                .text(Some(&claim.tenant))
+                .text(Some(&chunk.task[i]))
+                .bytes(chunk.payload[i].as_deref())
+                .text(Some(&chunk.payload_type[i]))
+                .text(chunk.options[i].as_deref())
+                .text(Some(statuses[i]))
+                .int4(attempts[i])
+                .int4(chunk.max_attempts[i])
+                .text(chunk.error_code[i].as_deref())
+                .text(chunk.error_message[i].as_deref())
+                .int8(chunk.error_line[i])
+                .int8(Some(now))
+                .int8(Some(now));
+        }
+        let mut copy = transaction.copy_in_raw(COPY_RUNS).await?;
+        copy.send(rows.finish()).await?;
+        copy.finish().await?;
+        Ok(())
+    }
+
+    async fn insert_runs_keeping(
+        transaction: &mut Transaction<'_, Postgres>,
+        claim: &MaterialiseClaim,
+        chunk: &RunChunk,
+        canceled: bool,
+        now: Millis,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(&format!(
             "{INSERT_COLUMNS} SELECT $1, t.idx, $2, t.task, t.payload, t.payload_type, \
              t.options, t.status, t.attempt, t.max_attempts, t.error_code, t.error_message, \
@@ -366,8 +488,8 @@ impl PostgresStore {
              FROM UNNEST($4::int4[], $5::text[], $6::bytea[], $7::text[], $8::text[], \
              $9::text[], $10::int4[], $11::int4[], $12::text[], $13::text[], $14::int8[]) \
              AS t(idx, task, payload, payload_type, options, status, attempt, max_attempts, \
-             error_code, error_message, error_line) \
-             ON CONFLICT (batch_id, idx) DO NOTHING"
+             error_code, error_message, error_line){}",
+            Existing::Keep.clause()
         ))
         .bind(&claim.batch_id)
         .bind(&claim.tenant)
@@ -397,7 +519,8 @@ impl SqliteStore {
         chunk: &RunChunk,
         canceled: bool,
         now: Millis,
-    ) -> Result<(), DependencyError> {
+        existing: Existing,
+    ) -> Result<(), sqlx::Error> {
         let statuses = chunk.statuses(canceled);
         let attempts = chunk.attempts();
         let rows: Vec<usize> = (0..chunk.len()).collect();
@@ -420,7 +543,7 @@ impl SqliteStore {
                     .push_bind(now)
                     .push_bind(now);
             });
-            insert.push(" ON CONFLICT (batch_id, idx) DO NOTHING");
+            insert.push(existing.clause());
             insert.build().execute(&mut **transaction).await?;
         }
         Ok(())

@@ -95,17 +95,39 @@ const CANCEL_RETURNED: &str = "UPDATE runs SET status = 'CANCELED', completed_at
      AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status = 'CANCELED')";
 
 /// A batch whose runs are all written and all final (`open_runs`, kept by every write that adds a
-/// run or makes one final) turns final: `COMPLETED` when every run completed, else
-/// `PARTIAL_FAILED` (read once, from final runs only). Run with the batch row locked, so of two
+/// run or changes its status) turns final: `COMPLETED` when every run completed, else
+/// `PARTIAL_FAILED`. Run with the batch row locked, after the transaction's own counts, so of two
 /// transactions that each make some of its last runs final, the second sees the first's.
 pub(super) const FINISH_IF_ALL_FINAL: &str = "UPDATE batches SET completed_at = $2, status = CASE \
-     WHEN EXISTS (SELECT 1 FROM runs WHERE batch_id = $1 AND status IN ('FAILED', 'CANCELED')) \
-     THEN 'PARTIAL_FAILED' ELSE 'COMPLETED' END \
+     WHEN failed_runs + canceled_runs > 0 THEN 'PARTIAL_FAILED' ELSE 'COMPLETED' END \
      WHERE id = $1 AND status = 'PROCESSING' AND materialised_count = run_count AND open_runs <= 0 \
      RETURNING status";
 
-/// Runs of the batch that turned final in this transaction; also locks its row.
-const CLOSE_RUNS: &str = "UPDATE batches SET open_runs = open_runs - $2 WHERE id = $1";
+/// Runs of the batch that turned final in this transaction: `$2` completed, `$3` failed; also
+/// locks its row.
+const CLOSE_RUNS: &str = "UPDATE batches SET open_runs = open_runs - $2 - $3, \
+     completed_runs = completed_runs + $2, failed_runs = failed_runs + $3 WHERE id = $1";
+
+/// `$2` pending runs of the batch were canceled in this transaction.
+pub(super) const RUNS_CANCELED: &str = "UPDATE batches SET open_runs = open_runs - $2, \
+     canceled_runs = canceled_runs + $2 WHERE id = $1";
+
+/// A batch's runs made final in one transaction.
+#[derive(Debug, Default)]
+struct Closed {
+    completed: i64,
+    failed: i64,
+}
+
+impl Closed {
+    fn add(&mut self, status: RunStatus) {
+        if status == RunStatus::Completed {
+            self.completed += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+}
 
 type ClaimRow = (
     String,
@@ -181,7 +203,7 @@ macro_rules! impl_sql_work_store {
             /// runs sent back to pending in batches canceled meanwhile.
             async fn settle_batches(
                 transaction: &mut Transaction<'_, $db>,
-                finished: &BTreeMap<String, i64>,
+                finished: &BTreeMap<String, Closed>,
                 returned: &BTreeSet<String>,
                 now: Millis,
             ) -> Result<(), DependencyError> {
@@ -190,7 +212,8 @@ macro_rules! impl_sql_work_store {
                     if let Some(closed) = finished.get(*batch_id) {
                         sqlx::query(CLOSE_RUNS)
                             .bind(*batch_id)
-                            .bind(*closed)
+                            .bind(closed.completed)
+                            .bind(closed.failed)
                             .execute(&mut **transaction)
                             .await?;
                     } else if !$lock_batches.is_empty() {
@@ -201,11 +224,19 @@ macro_rules! impl_sql_work_store {
                     }
                 }
                 for batch_id in returned {
-                    sqlx::query(CANCEL_RETURNED)
+                    let canceled = sqlx::query(CANCEL_RETURNED)
                         .bind(batch_id)
                         .bind(now)
                         .execute(&mut **transaction)
-                        .await?;
+                        .await?
+                        .rows_affected();
+                    if canceled > 0 {
+                        sqlx::query(RUNS_CANCELED)
+                            .bind(batch_id)
+                            .bind(canceled as i64)
+                            .execute(&mut **transaction)
+                            .await?;
+                    }
                 }
                 for batch_id in finished.keys() {
                     let status: Option<String> = sqlx::query_scalar(FINISH_IF_ALL_FINAL)
@@ -373,7 +404,10 @@ macro_rules! impl_sql_work_store {
                             if done.status == RunStatus::Pending {
                                 returned.insert(completion.run.batch_id.clone());
                             } else {
-                                *finished.entry(completion.run.batch_id.clone()).or_insert(0) += 1;
+                                finished
+                                    .entry(completion.run.batch_id.clone())
+                                    .or_insert_with(Closed::default)
+                                    .add(done.status);
                             }
                             Fenced::Applied(done)
                         }
@@ -426,7 +460,10 @@ macro_rules! impl_sql_work_store {
                             index as u32,
                             attempt.max(0) as u32,
                         ));
-                        *finished.entry(batch_id).or_insert(0) += 1;
+                        finished
+                            .entry(batch_id)
+                            .or_insert_with(Closed::default)
+                            .add(RunStatus::Failed);
                     }
                 }
                 swept.returned_in = returned_in.into_iter().collect();

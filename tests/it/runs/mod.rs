@@ -12,7 +12,9 @@ use reqwest::StatusCode;
 use rstest::rstest;
 use serde_json::{Value, json};
 
-use crate::support::{Api, KEY, Mode, OTHER_KEY, TestServer, into_parts, ndjson, poll_until};
+use crate::support::{
+    Api, Database, KEY, Mode, OTHER_KEY, TestServer, into_parts, ndjson, poll_until,
+};
 
 /// Longest a batch may take to be materialised in these tests (its queue items are deleted
 /// `QUEUE_DELETE_GRACE` after the seal).
@@ -94,6 +96,55 @@ async fn materialised_batch(server: &TestServer, run_count: u32, lines: Vec<u8>)
     assert_eq!(body["sealed"], true, "{status}: {body}");
     wait_materialised(server, &id).await;
     id
+}
+
+/// A run is written only behind its chunk's checkpoint, so the chunk insert expects none to be
+/// there. One planted past the checkpoint (as a bug would leave it) makes the chunk fail with a
+/// unique violation; the chunk is written again keeping it, and the batch still gets every run
+/// once instead of retrying the chunk forever.
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::production(Mode::Production)]
+#[tokio::test]
+async fn a_run_already_there_past_the_checkpoint_is_kept_and_the_rest_are_written(
+    #[case] mode: Mode,
+) {
+    let server = TestServer::start(mode).await;
+    let id = server.new_batch(10).await;
+    let database = Database::of(&server, mode).await;
+    let planted = database
+        .execute(
+            "INSERT INTO runs (batch_id, idx, tenant, task, payload_type, status, attempt, \
+             max_attempts, created_at, updated_at) \
+             VALUES ($1, 3, 'acme', 'planted', 'application/json', 'PENDING', 1, 3, $2, $2)",
+            &id,
+            1,
+        )
+        .await;
+    assert_eq!(planted, 1);
+    let (_, body) = server.stream(&id, ndjson(0..10)).await;
+    assert_eq!(body["sealed"], true, "{body}");
+    let batch = wait_materialised(&server, &id).await;
+    assert_eq!(batch["status"], "PROCESSING", "{batch}");
+    assert_eq!(batch["counts"]["pending"], 10, "{batch}");
+    let runs = server.all_runs(&id, "", 100).await;
+    let indexes: Vec<u64> = runs
+        .iter()
+        .map(|run| run["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, (0..10).collect::<Vec<u64>>());
+    let tasks: Vec<&str> = runs
+        .iter()
+        .map(|run| run["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(tasks[3], "planted", "the run already there is kept");
+    assert!(
+        tasks
+            .iter()
+            .enumerate()
+            .all(|(i, task)| i == 3 || *task != "planted"),
+        "{tasks:?}"
+    );
 }
 
 #[rstest]

@@ -10,10 +10,12 @@
 //!
 //! - `server`: the server in this process (`TestServer`), its HTTP client (`Api`), the modes.
 //! - `bodies`: request bodies (NDJSON lines, chunked, endless, fed through a channel).
+//! - `database`: the server's database opened beside it (`Database`).
 //! - `services`: private Redis, Redis Cluster, Postgres and S3 servers for fault tests.
 //! - `process`: the server binary as a child process (`ServerProcess`).
 
 mod bodies;
+mod database;
 mod process;
 mod server;
 mod services;
@@ -22,6 +24,7 @@ pub(crate) use self::server::{both_modes, every_mode};
 pub use rstest_reuse::apply;
 
 pub use self::bodies::{channel_body, chunked, endless_body, ndjson};
+pub use self::database::Database;
 pub use self::process::ServerProcess;
 pub use self::server::{Api, KEY, Mode, OTHER_KEY, TENANT, TestServer, accepted_item, into_parts};
 pub use self::services::{
