@@ -3,8 +3,8 @@
 //!
 //! Every state change that can race is a guarded update: a chunk of runs commits only while the
 //! pass still holds its claim and the checkpoint is where the pass left it, so two nodes can never
-//! both write a chunk, and a chunk written twice (a crash before its checkpoint) changes nothing
-//! (`ON CONFLICT DO NOTHING` on `(batch_id, idx)`).
+//! both write a chunk, and a chunk's runs and its checkpoint commit together (a crash before the
+//! commit leaves neither).
 
 use async_trait::async_trait;
 
