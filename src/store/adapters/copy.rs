@@ -5,17 +5,35 @@
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
+/// The bytes of a `COPY` stream, sent in pieces: [`BinaryRows::sent`] empties the buffer once its
+/// bytes are sent, so a stream of any length is written through one buffer of about a piece.
 pub(super) struct BinaryRows {
     buf: Vec<u8>,
 }
 
 impl BinaryRows {
-    pub fn with_capacity(bytes: usize) -> Self {
-        let mut buf = Vec::with_capacity(bytes + SIGNATURE.len() + 10);
+    /// A stream whose pieces are sent at about `piece` bytes; the header is its first bytes.
+    pub fn with_capacity(piece: usize) -> Self {
+        let mut buf = Vec::with_capacity(piece);
         buf.extend_from_slice(SIGNATURE);
         buf.extend_from_slice(&0_i32.to_be_bytes()); // flags: no OIDs
         buf.extend_from_slice(&0_i32.to_be_bytes()); // no header extension
         Self { buf }
+    }
+
+    /// The bytes not sent yet.
+    pub fn unsent(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The unsent bytes were sent.
+    pub fn sent(&mut self) {
+        self.buf.clear();
+    }
+
+    /// The stream's last bytes, after its last row.
+    pub fn end(&mut self) {
+        self.buf.extend_from_slice(&(-1_i16).to_be_bytes());
     }
 
     /// Starts a row of `fields` fields.
@@ -57,11 +75,6 @@ impl BinaryRows {
         }
         self
     }
-
-    pub fn finish(mut self) -> Vec<u8> {
-        self.buf.extend_from_slice(&(-1_i16).to_be_bytes());
-        self.buf
-    }
 }
 
 #[cfg(test)]
@@ -76,7 +89,8 @@ mod tests {
             .bytes(None)
             .int4(7)
             .int8(Some(-2));
-        let bytes = rows.finish();
+        rows.end();
+        let bytes = rows.unsent().to_vec();
         let mut want = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
         want.extend_from_slice(&[0, 4]);
         want.extend_from_slice(&[0, 0, 0, 2, b'a', b'b']);
@@ -85,5 +99,7 @@ mod tests {
         want.extend_from_slice(&[0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]);
         want.extend_from_slice(&[0xff, 0xff]);
         assert_eq!(bytes, want);
+        rows.sent();
+        assert!(rows.unsent().is_empty());
     }
 }

@@ -36,6 +36,10 @@ impl Existing {
     }
 }
 
+/// A chunk's `COPY` is sent in pieces of about this size, so it is never held whole beside the
+/// chunk.
+const COPY_PIECE_BYTES: usize = 64 * 1024;
+
 /// SQLite binds at most 32 766 values per statement; 15 per run.
 const SQLITE_RUNS_PER_STATEMENT: usize = 2_000;
 
@@ -152,7 +156,7 @@ fn list_batches_statement(status: bool, after: bool, limit: u32) -> String {
 /// Write transactions: on SQLite they take the write lock at `BEGIN`, so a transaction never
 /// starts reading and then fails to upgrade to writing (SQLITE_BUSY without a wait).
 macro_rules! impl_sql_run_store {
-    ($store:ty, $db:ty, $lock:expr, $begin:expr) => {
+    ($store:ty, $db:ty, $lock:expr, $begin:expr, $commit_unflushed:expr) => {
         #[async_trait]
         impl RunStore for $store {
             async fn claim_materialise(
@@ -397,7 +401,11 @@ macro_rules! impl_sql_run_store {
                     return Ok(ChunkCommitted::Written);
                 };
                 let end = first + chunk.len() as i32;
+                let last = end as u32 == claim.run_count;
                 let mut transaction = self.pool.begin_with($begin).await?;
+                if !last && !$commit_unflushed.is_empty() {
+                    sqlx::query($commit_unflushed).execute(&mut *transaction).await?;
+                }
                 let status: Option<String> = sqlx::query_scalar(ADVANCE)
                     .bind(&claim.batch_id)
                     .bind(&claim.token)
@@ -413,7 +421,7 @@ macro_rules! impl_sql_run_store {
                 };
                 let canceled = status == BatchStatus::Canceled.as_str();
                 Self::insert_runs(&mut transaction, claim, chunk, canceled, now, existing).await?;
-                if end as u32 == claim.run_count {
+                if last {
                     sqlx::query(FINISH_IF_ALL_FINAL)
                         .bind(&claim.batch_id)
                         .bind(now)
@@ -427,8 +435,21 @@ macro_rules! impl_sql_run_store {
     };
 }
 
-impl_sql_run_store!(PostgresStore, Postgres, "FOR UPDATE SKIP LOCKED", "BEGIN");
-impl_sql_run_store!(SqliteStore, Sqlite, "", "BEGIN IMMEDIATE");
+// A chunk's commit on Postgres does not wait for its WAL to reach the disk, but for the last
+// chunk's. Every run written stays in the queue until the last chunk commits, and that commit
+// flushes the WAL of every chunk before it (as does any commit that waits, on any connection: a
+// claim of one of the runs, a journal write), so what a crash of Postgres can take is chunks
+// nobody has relied on yet, each with its checkpoint: the next pass writes them again. Waiting
+// instead stalls the one connection writing the batch on the disk for each chunk.
+impl_sql_run_store!(
+    PostgresStore,
+    Postgres,
+    "FOR UPDATE SKIP LOCKED",
+    "BEGIN",
+    "SET LOCAL synchronous_commit = off"
+);
+// SQLite: one file, whose writes are flushed at each checkpoint of its WAL.
+impl_sql_run_store!(SqliteStore, Sqlite, "", "BEGIN IMMEDIATE", "");
 
 impl PostgresStore {
     /// One binary `COPY` for the whole chunk: Postgres writes its rows a page at a time. A chunk
@@ -448,8 +469,8 @@ impl PostgresStore {
         }
         let statuses = chunk.statuses(canceled);
         let attempts = chunk.attempts();
-        let payload_bytes: usize = chunk.payload.iter().flatten().map(Vec::len).sum();
-        let mut rows = BinaryRows::with_capacity(payload_bytes + chunk.len() * 160);
+        let mut copy = transaction.copy_in_raw(COPY_RUNS).await?;
+        let mut rows = BinaryRows::with_capacity(COPY_PIECE_BYTES + 4096);
         for i in 0..chunk.len() {
             rows.row(15)
                 .text(Some(&claim.batch_id))
@@ -467,9 +488,13 @@ impl PostgresStore {
                 .int8(chunk.error_line[i])
                 .int8(Some(now))
                 .int8(Some(now));
+            if rows.unsent().len() >= COPY_PIECE_BYTES {
+                copy.send(rows.unsent()).await?;
+                rows.sent();
+            }
         }
-        let mut copy = transaction.copy_in_raw(COPY_RUNS).await?;
-        copy.send(rows.finish()).await?;
+        rows.end();
+        copy.send(rows.unsent()).await?;
         copy.finish().await?;
         Ok(())
     }
