@@ -243,10 +243,13 @@ macro_rules! impl_sql_run_store {
             }
 
             async fn run_counts(&self, batch_id: &str) -> Result<RunCounts, DependencyError> {
-                // One statement, so the counters and the claimed runs are read at one moment.
+                // One statement, so the counters and the claimed runs are read at one moment. The
+                // second status term names the partial index's condition, which SQLite's planner
+                // only uses when the query spells it out.
                 let row: Option<(i64, i64, i64, i64, i64)> = sqlx::query_as(
                     "SELECT open_runs, completed_runs, failed_runs, canceled_runs, \
-                     (SELECT COUNT(*) FROM runs WHERE batch_id = $1 AND status = 'CLAIMED') \
+                     (SELECT COUNT(*) FROM runs WHERE batch_id = $1 AND status = 'CLAIMED' \
+                     AND status <> 'PENDING') \
                      FROM batches WHERE id = $1",
                 )
                 .bind(batch_id)
