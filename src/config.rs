@@ -197,7 +197,7 @@ pub struct Config {
     /// Runs written per statement when a sealed batch is materialised. What a pass holds is about
     /// `chunk × depth` runs, whatever the batch's size.
     #[arg(long = "materialise-chunk-items", env = "SLUICE_MATERIALISE_CHUNK_ITEMS", value_name = "SLUICE_MATERIALISE_CHUNK_ITEMS",
-          default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+          default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub materialise_chunk_items: u32,
 
     /// Chunks in the materialiser's pipeline, the one committing included; `1` commits each
@@ -352,7 +352,7 @@ impl Config {
             shutdown_grace_ms: 30_000,
             metrics_listen: None,
             log_format: LogFormat::Text,
-            materialise_chunk_items: 2_000,
+            materialise_chunk_items: 5_000,
             materialise_pipeline_depth: 2,
             materialise_lease_ms: 30_000,
             journal_flush_max_events: 16,

@@ -90,8 +90,32 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    one_malloc_arena();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the Tokio runtime starts")
+        .block_on(run())
+}
+
+/// glibc gives each thread that allocates an arena of its own (up to eight per core), and each
+/// arena keeps the peak of what was allocated on it. Materialising allocates each chunk on
+/// whichever worker thread runs it, so the server's peak memory grew with the length of a batch
+/// (1M runs in chunks of 5 000: 27 MiB, against 22 MiB for 10K runs). With one arena it stays flat
+/// (23 MiB) at the same speed. Set before any other thread exists.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn one_malloc_arena() {
+    // SAFETY: `mallopt` sets a parameter of the C allocator; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn one_malloc_arena() {}
+
+async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     let cli = match cli.command {
         Some(Command::Send(args)) => return sluice::cli::send::run(args).await,

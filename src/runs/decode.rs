@@ -81,9 +81,10 @@ pub fn decode_chunk(first: u32, bodies: &[Option<Bytes>]) -> RunChunk {
                 ..
             })) => {
                 chunk.task.push(task);
-                chunk
-                    .payload
-                    .push(payload.map(|raw| raw.get().as_bytes().to_vec()));
+                chunk.payload.push(payload.map(|raw| {
+                    body.as_ref()
+                        .map_or_else(Bytes::new, |body| body.slice_ref(raw.get().as_bytes()))
+                }));
                 chunk
                     .payload_type
                     .push(payload_type.unwrap_or_else(|| DEFAULT_PAYLOAD_TYPE.to_owned()));

@@ -7,6 +7,7 @@
 //! commit leaves neither).
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use super::{Batch, BatchStatus, Millis};
 use crate::dependency::DependencyError;
@@ -103,7 +104,8 @@ pub struct Run {
 pub struct RunChunk {
     pub index: Vec<i32>,
     pub task: Vec<String>,
-    pub payload: Vec<Option<Vec<u8>>>,
+    /// A slice of the stored item it came from (no copy).
+    pub payload: Vec<Option<Bytes>>,
     pub payload_type: Vec<String>,
     pub options: Vec<Option<String>>,
     /// A failed item: its run is `FAILED` at once, attempt 0.

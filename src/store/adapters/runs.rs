@@ -524,7 +524,13 @@ impl PostgresStore {
         .bind(now)
         .bind(&chunk.index)
         .bind(&chunk.task)
-        .bind(&chunk.payload)
+        .bind(
+            chunk
+                .payload
+                .iter()
+                .map(Option::as_deref)
+                .collect::<Vec<Option<&[u8]>>>(),
+        )
         .bind(&chunk.payload_type)
         .bind(&chunk.options)
         .bind(chunk.statuses(canceled))
