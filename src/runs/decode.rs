@@ -64,27 +64,32 @@ pub fn decode_chunk(first: u32, bodies: &[Option<Bytes>]) -> RunChunk {
     for (offset, body) in bodies.iter().enumerate() {
         let index = first + offset as u32;
         chunk.index.push(index as i32);
-        let shape = body
-            .as_deref()
-            .map(serde_json::from_slice::<StoredShape<'_>>);
-        match shape {
-            Some(Ok(StoredShape {
+        let Some(body) = body else {
+            push_failed(
+                &mut chunk,
+                ITEM_MISSING.into(),
+                format!("no item was found at index {index} of the sealed batch"),
+                None,
+            );
+            continue;
+        };
+        match serde_json::from_slice::<StoredShape<'_>>(body) {
+            Ok(StoredShape {
                 error: Some(error),
                 line,
                 ..
-            })) => push_failed(&mut chunk, error.code, error.message, line),
-            Some(Ok(StoredShape {
+            }) => push_failed(&mut chunk, error.code, error.message, line),
+            Ok(StoredShape {
                 task: Some(task),
                 payload,
                 payload_type,
                 options,
                 ..
-            })) => {
+            }) => {
                 chunk.task.push(task);
-                chunk.payload.push(payload.map(|raw| {
-                    body.as_ref()
-                        .map_or_else(Bytes::new, |body| body.slice_ref(raw.get().as_bytes()))
-                }));
+                chunk
+                    .payload
+                    .push(payload.map(|raw| body.slice_ref(raw.get().as_bytes())));
                 chunk
                     .payload_type
                     .push(payload_type.unwrap_or_else(|| DEFAULT_PAYLOAD_TYPE.to_owned()));
@@ -95,16 +100,10 @@ pub fn decode_chunk(first: u32, bodies: &[Option<Bytes>]) -> RunChunk {
                 chunk.error_message.push(None);
                 chunk.error_line.push(None);
             }
-            Some(_) => push_failed(
+            _ => push_failed(
                 &mut chunk,
                 ITEM_UNREADABLE.into(),
                 format!("the stored item at index {index} could not be read"),
-                None,
-            ),
-            None => push_failed(
-                &mut chunk,
-                ITEM_MISSING.into(),
-                format!("no item was found at index {index} of the sealed batch"),
                 None,
             ),
         }

@@ -7,7 +7,7 @@ use sqlx::{Postgres, Sqlite, Transaction};
 
 use super::copy::BinaryRows;
 use super::row::{BATCH_COLUMNS, BatchRow};
-use super::work::{FINISH_IF_ALL_FINAL, RUNS_CANCELED};
+use super::work::{CANCEL_PENDING, FINISH_IF_ALL_FINAL, RUNS_CANCELED};
 use super::{PostgresStore, SqliteStore, is_unique_violation};
 use crate::dependency::DependencyError;
 use crate::store::runs::{
@@ -360,10 +360,7 @@ macro_rules! impl_sql_run_store {
                 .fetch_optional(&mut *transaction)
                 .await?;
                 if let Some(batch) = canceled {
-                    let canceled = sqlx::query(
-                        "UPDATE runs SET status = 'CANCELED', completed_at = $2, updated_at = $2 \
-                         WHERE batch_id = $1 AND status = 'PENDING'",
-                    )
+                    let canceled = sqlx::query(CANCEL_PENDING)
                     .bind(id)
                     .bind(now)
                     .execute(&mut *transaction)

@@ -89,8 +89,10 @@ fn claim_statement(lock: &str, tasks: usize) -> String {
     )
 }
 
-/// Runs that went back to `PENDING` in a batch canceled meanwhile are canceled too.
-const CANCEL_RETURNED: &str = "UPDATE runs SET status = 'CANCELED', completed_at = $2, \
+/// The pending runs of a canceled batch are canceled: at the cancel, and later those that went
+/// back to `PENDING` (a retry, an expired lease) in a batch canceled meanwhile. Counted with
+/// [`RUNS_CANCELED`].
+pub(super) const CANCEL_PENDING: &str = "UPDATE runs SET status = 'CANCELED', completed_at = $2, \
      updated_at = $2 WHERE batch_id = $1 AND status = 'PENDING' \
      AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status = 'CANCELED')";
 
@@ -224,7 +226,7 @@ macro_rules! impl_sql_work_store {
                     }
                 }
                 for batch_id in returned {
-                    let canceled = sqlx::query(CANCEL_RETURNED)
+                    let canceled = sqlx::query(CANCEL_PENDING)
                         .bind(batch_id)
                         .bind(now)
                         .execute(&mut **transaction)
