@@ -18,7 +18,7 @@ WHERE materialised_count > 0;
 
 -- Every run is written PENDING, into the primary key and one more index only: the pending runs
 -- in index order (claims, a page of pending runs, cancel). Runs in the other statuses are found by
--- status in index order as before (a page by status, claimed runs counted, the final check).
+-- status in index order as before (a page by status, claimed runs counted).
 DROP INDEX runs_by_batch_status;
 CREATE INDEX runs_by_batch_status ON runs (batch_id, status, idx) WHERE status <> 'PENDING';
 DROP INDEX runs_pending;

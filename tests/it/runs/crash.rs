@@ -13,7 +13,7 @@ use sluice::queue::adapters::RedisQueue;
 use sluice::store::adapters::SqliteStore;
 
 use super::{MATERIALISE_LIMIT, wait_materialised};
-use crate::support::{KEY, Mode, ServerProcess, ndjson, poll_until};
+use crate::support::{Database, KEY, Mode, ServerProcess, ndjson, poll_until};
 
 const ITEMS: u32 = 200_000;
 const CHUNK_ITEMS: u32 = 2_000;
@@ -51,17 +51,9 @@ pub async fn runs_in_database(
     id: &str,
 ) -> Vec<(i32, Option<Vec<u8>>)> {
     const SQL: &str = "SELECT idx, payload FROM runs WHERE batch_id = $1 ORDER BY idx";
-    match mode {
-        Mode::Embedded => {
-            let url = format!("sqlite://{}", data_dir.join("sluice.db").display());
-            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-            sqlx::query_as(SQL).bind(id).fetch_all(&pool).await.unwrap()
-        }
-        Mode::Production | Mode::ProductionCluster => {
-            let url = std::env::var("SLUICE_TEST_DATABASE_URL").unwrap();
-            let pool = sqlx::PgPool::connect(&url).await.unwrap();
-            sqlx::query_as(SQL).bind(id).fetch_all(&pool).await.unwrap()
-        }
+    match Database::at(mode, data_dir).await {
+        Database::Sqlite(pool) => sqlx::query_as(SQL).bind(id).fetch_all(&pool).await.unwrap(),
+        Database::Postgres(pool) => sqlx::query_as(SQL).bind(id).fetch_all(&pool).await.unwrap(),
     }
 }
 

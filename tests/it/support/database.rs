@@ -13,9 +13,14 @@ pub enum Database {
 
 impl Database {
     pub async fn of(server: &TestServer, mode: Mode) -> Self {
+        Self::at(mode, server.data_dir()).await
+    }
+
+    /// The database of a server of `mode` whose data directory is `data_dir`.
+    pub async fn at(mode: Mode, data_dir: &std::path::Path) -> Self {
         match mode {
             Mode::Embedded => {
-                let path = server.data_dir().join("sluice.db");
+                let path = data_dir.join("sluice.db");
                 let url = format!("sqlite://{}", path.display());
                 Self::Sqlite(sqlx::SqlitePool::connect(&url).await.unwrap())
             }
