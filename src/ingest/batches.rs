@@ -188,7 +188,15 @@ pub async fn stream_into_batch(
             Some(seal)
         }
         Err(error) => {
-            stop = Some(StreamStop::Dependency(error));
+            match &stop {
+                // The body's own stop is the answer the client acts on (shutting down: retry
+                // elsewhere; a limit: fix the body); the seal is tried again by that retry.
+                Some(StreamStop::Body(body)) => tracing::warn!(
+                    batch = %batch.id, %error, stopped = %body,
+                    "the seal check after a stopped stream failed"
+                ),
+                _ => stop = Some(StreamStop::Dependency(error)),
+            }
             None
         }
     };

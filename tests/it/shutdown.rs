@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::support::{Mode, TestServer, apply, both_modes, channel_body, into_parts, ndjson};
+use crate::support::{
+    Mode, PrivateRedis, TestServer, apply, both_modes, channel_body, into_parts, ndjson,
+};
 
 #[apply(both_modes)]
 #[tokio::test]
@@ -61,8 +63,8 @@ async fn a_stream_still_running_after_the_grace_period_is_503_and_keeps_its_item
     assert_eq!(response.headers()["retry-after"], "1");
     let (status, body) = into_parts(response).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["error"]["code"], "SHUTTING_DOWN");
-    assert_eq!(body["itemsAccepted"], 5);
+    assert_eq!(body["error"]["code"], "SHUTTING_DOWN", "{body}");
+    assert_eq!(body["itemsAccepted"], 5, "{body}");
     for index in 0..5 {
         assert!(
             server.stored_item(&id, index).await.is_some(),
@@ -79,5 +81,44 @@ async fn a_stream_still_running_after_the_grace_period_is_503_and_keeps_its_item
         assert_eq!(body["itemsAccepted"], 5);
         assert_eq!(body["itemsDeduplicated"], 5);
         assert_eq!(body["sealed"], true);
+    }
+}
+
+/// The seal check after a stream stopped at shutdown needs the backends; when one of them is down
+/// the answer is still the shutdown's (retry elsewhere), not the backend's, and nothing is lost.
+#[tokio::test]
+async fn a_stream_stopped_at_shutdown_answers_shutting_down_when_the_seal_check_fails() {
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let server = TestServer::start_with(Mode::Production, |config| {
+        config.redis_url = Some(url);
+        config.shutdown_grace_ms = 300;
+    })
+    .await;
+    let id = server.new_batch(10).await;
+    let (sender, body) = channel_body();
+    sender.send(ndjson(0..5)).await.unwrap();
+    let stream = tokio::spawn(server.items_request(&id).body(body).send());
+    server.wait_for_enqueued(&id, 5).await;
+
+    redis.kill().await;
+    server.shut_down();
+    let response = tokio::time::timeout(Duration::from_secs(15), stream)
+        .await
+        .expect("the stream was stopped after the grace period")
+        .unwrap()
+        .unwrap();
+    let (status, body) = into_parts(response).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "SHUTTING_DOWN", "{body}");
+    assert_eq!(body["itemsAccepted"], 5, "{body}");
+    drop(sender);
+
+    redis.restart().await;
+    for index in 0..5 {
+        assert!(
+            server.stored_item(&id, index).await.is_some(),
+            "index {index}"
+        );
     }
 }
