@@ -225,8 +225,11 @@ impl ItemQueue for TimedQueue {
         batch_id: &str,
         first: u32,
         last: u32,
+        max_bytes: u64,
     ) -> Result<Vec<Option<Bytes>>, DependencyError> {
-        self.queue.items_in_range(batch_id, first, last).await
+        self.queue
+            .items_in_range(batch_id, first, last, max_bytes)
+            .await
     }
 
     async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {

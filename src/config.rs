@@ -200,6 +200,13 @@ pub struct Config {
           default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub materialise_chunk_items: u32,
 
+    /// Stored item bytes read into one chunk at most: a chunk ends before the item that would go
+    /// past it (but holds at least one item), so big items make smaller chunks and a pass holds
+    /// about `chunk bytes × depth`, whatever its items' sizes.
+    #[arg(long = "materialise-chunk-bytes", env = "SLUICE_MATERIALISE_CHUNK_BYTES", value_name = "SLUICE_MATERIALISE_CHUNK_BYTES",
+          default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
+    pub materialise_chunk_bytes: u64,
+
     /// Chunks in the materialiser's pipeline, the one committing included; `1` commits each
     /// chunk before reading the next.
     #[arg(long = "materialise-pipeline-depth", env = "SLUICE_MATERIALISE_PIPELINE_DEPTH", value_name = "SLUICE_MATERIALISE_PIPELINE_DEPTH",
@@ -353,6 +360,7 @@ impl Config {
             metrics_listen: None,
             log_format: LogFormat::Text,
             materialise_chunk_items: 5_000,
+            materialise_chunk_bytes: 16 * 1024 * 1024,
             materialise_pipeline_depth: 2,
             materialise_lease_ms: 30_000,
             journal_flush_max_events: 16,
@@ -447,6 +455,7 @@ impl Config {
     pub fn materialise(&self) -> MaterialiseSettings {
         MaterialiseSettings {
             chunk_items: self.materialise_chunk_items,
+            chunk_bytes: self.materialise_chunk_bytes,
             pipeline_depth: self.materialise_pipeline_depth,
             lease: std::time::Duration::from_millis(self.materialise_lease_ms),
         }

@@ -70,13 +70,16 @@ pub trait ItemQueue: Send + Sync + 'static {
 
     async fn ping(&self) -> Result<(), DependencyError>;
 
-    /// The stored items at `first..=last`, in index order (`None` where an index holds nothing),
-    /// read in one command or statement.
+    /// The stored items from `first` on, in index order (`None` where an index holds nothing),
+    /// read in one command or statement: up to `last`, or fewer when their bytes would go past
+    /// `max_bytes` — the items returned stay within it, but the first one always comes, whatever
+    /// its size. Never empty when `first <= last`.
     async fn items_in_range(
         &self,
         batch_id: &str,
         first: u32,
         last: u32,
+        max_bytes: u64,
     ) -> Result<Vec<Option<Bytes>>, DependencyError>;
 
     /// Deletes every item of the batch (once its runs are written).

@@ -26,6 +26,9 @@ use crate::store::{Millis, now_millis};
 pub struct MaterialiseSettings {
     /// Runs written per statement (`SLUICE_MATERIALISE_CHUNK_ITEMS`).
     pub chunk_items: u32,
+    /// Stored item bytes read into one chunk at most (`SLUICE_MATERIALISE_CHUNK_BYTES`); a chunk
+    /// always holds at least one item.
+    pub chunk_bytes: u64,
     /// Chunks in the pipeline, the one committing included (`SLUICE_MATERIALISE_PIPELINE_DEPTH`);
     /// 1 commits each chunk before reading the next.
     pub pipeline_depth: u32,
@@ -157,13 +160,11 @@ async fn report_chunk(claim: &MaterialiseClaim, chunk: &RunChunk, events: &Event
     events.batch_changed(&claim.tenant, &claim.batch_id);
 }
 
-/// The index ranges of the chunks from `next` to the end, inclusive.
-fn chunk_ranges(next: u32, run_count: u32, chunk_items: u32) -> Vec<(u32, u32)> {
-    let step = chunk_items.max(1);
-    (next..run_count)
-        .step_by(step as usize)
-        .map(|first| (first, first.saturating_add(step - 1).min(run_count - 1)))
-        .collect()
+/// The last index the chunk starting at `first` may reach: `chunk_items` runs on, or the end.
+fn chunk_end(first: u32, run_count: u32, chunk_items: u32) -> u32 {
+    first
+        .saturating_add(chunk_items.max(1) - 1)
+        .min(run_count - 1)
 }
 
 type Prepared = Result<RunChunk, MaterialiseError>;
@@ -180,7 +181,6 @@ async fn write_runs(
     ready: &RunsReady,
     settings: MaterialiseSettings,
 ) -> Result<ChunkCommitted, MaterialiseError> {
-    let ranges = chunk_ranges(claim.next_index, claim.run_count, settings.chunk_items);
     let depth = settings.pipeline_depth.max(1) as usize;
     let permits = Arc::new(Semaphore::new(depth));
     let (chunks, mut prepared) =
@@ -188,15 +188,24 @@ async fn write_runs(
     let reader = {
         let queue = queue.clone();
         let batch_id = claim.batch_id.clone();
-        let lease = settings.lease;
+        let (run_count, lease) = (claim.run_count, settings.lease);
+        let mut first = claim.next_index;
         tokio::spawn(async move {
-            for (first, last) in ranges {
+            while first < run_count {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
-                let read =
-                    tokio::time::timeout(lease, queue.items_in_range(&batch_id, first, last));
+                let last = chunk_end(first, run_count, settings.chunk_items);
+                let read = tokio::time::timeout(
+                    lease,
+                    queue.items_in_range(&batch_id, first, last, settings.chunk_bytes),
+                );
+                // The read may stop short of `last` (the chunk's bytes are bounded): the next
+                // chunk starts after what it returned.
                 let prepared = match read.await {
+                    Ok(Ok(bodies)) if bodies.is_empty() => {
+                        Err(MaterialiseError::ReaderStopped(batch_id.clone()))
+                    }
                     Ok(read) => read
                         .map(|bodies| decode_chunk(first, &bodies))
                         .map_err(MaterialiseError::from),
@@ -207,6 +216,9 @@ async fn write_runs(
                     }),
                 };
                 let failed = prepared.is_err();
+                if let Ok(chunk) = &prepared {
+                    first += chunk.len() as u32;
+                }
                 if chunks.send((prepared, permit)).await.is_err() || failed {
                     return;
                 }
@@ -259,17 +271,15 @@ async fn commit_in_order(
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_ranges;
+    use super::chunk_end;
 
     #[test]
-    fn chunks_cover_the_rest_of_the_batch_once() {
-        assert_eq!(chunk_ranges(0, 10, 4), vec![(0, 3), (4, 7), (8, 9)]);
-        assert_eq!(chunk_ranges(4, 10, 4), vec![(4, 7), (8, 9)]);
-        assert_eq!(chunk_ranges(10, 10, 4), vec![]);
-        assert_eq!(chunk_ranges(0, 1, 5000), vec![(0, 0)]);
-        assert_eq!(
-            chunk_ranges(u32::MAX - 3, u32::MAX, 2),
-            vec![(u32::MAX - 3, u32::MAX - 2), (u32::MAX - 1, u32::MAX - 1)]
-        );
+    fn a_chunk_ends_after_its_items_or_at_the_last_index() {
+        assert_eq!(chunk_end(0, 10, 4), 3);
+        assert_eq!(chunk_end(8, 10, 4), 9);
+        assert_eq!(chunk_end(9, 10, 4), 9);
+        assert_eq!(chunk_end(0, 1, 5000), 0);
+        assert_eq!(chunk_end(u32::MAX - 3, u32::MAX, 2), u32::MAX - 2);
+        assert_eq!(chunk_end(u32::MAX - 1, u32::MAX, 2), u32::MAX - 1);
     }
 }

@@ -32,6 +32,40 @@ const BITMAP_SLICE_BYTES: usize = 32 * 1024;
 /// Indexes one `BITFIELD` marks when marking indexes stored before the bitmap was kept.
 const BACKFILL_BITS_PER_COMMAND: usize = 8192;
 
+/// The items of a range in index order, `false` (a nil reply) where an index holds nothing,
+/// ending before the item that would bring their bytes past `ARGV[3]` (the first item always
+/// comes). Read `ARGV[4]` fields per `HMGET`, so what the script holds beyond the answer is one
+/// such group.
+static ITEMS_WITHIN_BYTES: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local first, last = tonumber(ARGV[1]), tonumber(ARGV[2])
+local budget, group = tonumber(ARGV[3]), tonumber(ARGV[4])
+local items, bytes, any = {}, 0, false
+local index = first
+while index <= last do
+  local upto = math.min(index + group - 1, last)
+  local fields = {}
+  for field = index, upto do fields[#fields + 1] = field end
+  local values = redis.call('HMGET', KEYS[1], unpack(fields))
+  for position = 1, #fields do
+    local value = values[position]
+    if value then
+      if any and bytes + #value > budget then return items end
+      bytes, any = bytes + #value, true
+    end
+    items[#items + 1] = value
+  end
+  index = upto + 1
+end
+return items
+",
+    )
+});
+
+/// Fields one `HMGET` of a range read asks for.
+const FIELDS_PER_HMGET: u32 = 256;
+
 /// A standalone connection (reconnecting) or a Cluster connection.
 #[derive(Clone)]
 enum Connection {
@@ -383,14 +417,17 @@ impl ItemQueue for RedisQueue {
         batch_id: &str,
         first: u32,
         last: u32,
+        max_bytes: u64,
     ) -> Result<Vec<Option<Bytes>>, DependencyError> {
         let keys = BatchKeys::new(batch_id);
-        let mut read = redis::cmd("HMGET");
-        read.arg(&keys.items);
-        for index in first..=last {
-            read.arg(index);
-        }
-        let bodies: Vec<Option<Vec<u8>>> = read.query_async(&mut self.connection.clone()).await?;
+        let bodies: Vec<Option<Vec<u8>>> = ITEMS_WITHIN_BYTES
+            .key(&keys.items)
+            .arg(first)
+            .arg(last)
+            .arg(max_bytes)
+            .arg(FIELDS_PER_HMGET)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
         Ok(bodies
             .into_iter()
             .map(|body| body.map(Bytes::from))
@@ -522,8 +559,11 @@ impl ItemQueue for TwoStepRedisQueue {
         batch_id: &str,
         first: u32,
         last: u32,
+        max_bytes: u64,
     ) -> Result<Vec<Option<Bytes>>, DependencyError> {
-        self.0.items_in_range(batch_id, first, last).await
+        self.0
+            .items_in_range(batch_id, first, last, max_bytes)
+            .await
     }
 
     async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {

@@ -99,12 +99,27 @@ const ITEM: &str = "SELECT body FROM batch_items WHERE batch_id = $1 AND idx = $
 const ADD_TO_COUNTERS: &str = " ON CONFLICT (batch_id, chunk) DO UPDATE \
      SET taken = batch_item_chunks.taken + excluded.taken, \
      failed = batch_item_chunks.failed + excluded.failed";
-const ITEMS_IN_RANGE: &str = "SELECT idx, body FROM batch_items \
+/// Postgres: the items of a range in index order while their bytes stay within `$4` (the first
+/// always comes), each with the index of the row after it in the range. The lengths are read from
+/// the rows' headers, so an item left out is never loaded or sent.
+const PG_ITEMS_WITHIN: &str = "SELECT idx, body, next_idx FROM (\
+     SELECT idx, body, LENGTH(body) AS size, SUM(LENGTH(body)) OVER (ORDER BY idx) AS upto, \
+     LEAD(idx) OVER (ORDER BY idx) AS next_idx \
+     FROM batch_items WHERE batch_id = $1 AND idx BETWEEN $2 AND $3) AS items \
+     WHERE upto <= $4 OR upto = size ORDER BY idx";
+
+/// SQLite: the items of a range in index order; the reader stops stepping through them once it has
+/// enough (SQLite reads a row only when asked for it).
+const SQLITE_ITEMS_IN_RANGE: &str = "SELECT idx, body FROM batch_items \
      WHERE batch_id = $1 AND idx BETWEEN $2 AND $3 ORDER BY idx";
 
-/// The bodies of `first..=last` in index order from the rows a range read returned (ascending).
-fn in_index_order(rows: Vec<(i32, Vec<u8>)>, first: u32, last: u32) -> Vec<Option<Bytes>> {
-    let mut bodies = vec![None; (last - first + 1) as usize];
+/// The bodies of `first..=end` in index order from the rows a range read returned (ascending).
+fn in_index_order(
+    rows: impl IntoIterator<Item = (i32, Vec<u8>)>,
+    first: u32,
+    end: u32,
+) -> Vec<Option<Bytes>> {
+    let mut bodies = vec![None; (end - first + 1) as usize];
     for (index, body) in rows {
         bodies[(index as u32 - first) as usize] = Some(Bytes::from(body));
     }
@@ -200,14 +215,9 @@ macro_rules! impl_sql_item_queue {
                 batch_id: &str,
                 first: u32,
                 last: u32,
+                max_bytes: u64,
             ) -> Result<Vec<Option<Bytes>>, DependencyError> {
-                let rows: Vec<(i32, Vec<u8>)> = sqlx::query_as(ITEMS_IN_RANGE)
-                    .bind(batch_id)
-                    .bind(first as i64)
-                    .bind(last as i64)
-                    .fetch_all(&self.pool)
-                    .await?;
-                Ok(in_index_order(rows, first, last))
+                self.items_within(batch_id, first, last, max_bytes).await
             }
 
             async fn delete_batch(&self, batch_id: &str) -> Result<(), DependencyError> {
@@ -243,6 +253,34 @@ impl_sql_item_queue!(PostgresStore);
 impl_sql_item_queue!(SqliteStore);
 
 impl PostgresStore {
+    /// [`ItemQueue::items_in_range`]: the bound is applied by the database, so what is left out
+    /// is never sent.
+    async fn items_within(
+        &self,
+        batch_id: &str,
+        first: u32,
+        last: u32,
+        max_bytes: u64,
+    ) -> Result<Vec<Option<Bytes>>, DependencyError> {
+        let rows: Vec<(i32, Vec<u8>, Option<i32>)> = sqlx::query_as(PG_ITEMS_WITHIN)
+            .bind(batch_id)
+            .bind(first as i64)
+            .bind(last as i64)
+            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        // Rows after the last one returned were left out: the read ends before the next.
+        let end = match rows.last() {
+            Some(&(_, _, Some(next))) => next as u32 - 1,
+            _ => last,
+        };
+        Ok(in_index_order(
+            rows.into_iter().map(|(index, body, _)| (index, body)),
+            first,
+            end,
+        ))
+    }
+
     async fn insert_items(
         &self,
         batch_id: &str,
@@ -308,6 +346,34 @@ fn items_to_store(items: &[QueuedItem], taken: impl IntoIterator<Item = i32>) ->
 }
 
 impl SqliteStore {
+    /// [`ItemQueue::items_in_range`]: rows are stepped through until the next would pass the
+    /// bound (that one row is read, then dropped).
+    async fn items_within(
+        &self,
+        batch_id: &str,
+        first: u32,
+        last: u32,
+        max_bytes: u64,
+    ) -> Result<Vec<Option<Bytes>>, DependencyError> {
+        use futures::TryStreamExt;
+        let mut rows = sqlx::query_as::<_, (i32, Vec<u8>)>(SQLITE_ITEMS_IN_RANGE)
+            .bind(batch_id)
+            .bind(first as i64)
+            .bind(last as i64)
+            .fetch(&self.pool);
+        let (mut kept, mut bytes, mut end) = (Vec::new(), 0u64, last);
+        while let Some((index, body)) = rows.try_next().await? {
+            let size = body.len() as u64;
+            if !kept.is_empty() && bytes + size > max_bytes {
+                end = index as u32 - 1;
+                break;
+            }
+            bytes += size;
+            kept.push((index, body));
+        }
+        Ok(in_index_order(kept, first, end))
+    }
+
     /// On the one writer connection, in one transaction: read which of the call's indexes are
     /// taken, insert the others, add them to the counters. No other writer can come between the
     /// read and the insert (there is one writer connection, held for the whole transaction), so

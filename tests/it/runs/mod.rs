@@ -13,7 +13,8 @@ use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Api, Database, KEY, Mode, OTHER_KEY, TestServer, into_parts, ndjson, poll_until,
+    Api, Database, KEY, Mode, OTHER_KEY, TestServer, apply, every_mode, into_parts, ndjson,
+    poll_until,
 };
 
 /// Longest a batch may take to be materialised in these tests (its queue items are deleted
@@ -530,6 +531,121 @@ async fn trigger_dev_batch_reads_have_the_v1_and_v2_shapes(#[case] mode: Mode) {
             .get(&format!("/api/{version}/batches/batch_unknown"))
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    }
+}
+
+/// A line whose payload is a string of `length` characters, two bytes each past the first.
+fn sized_line(index: u32, length: usize) -> String {
+    format!(
+        "{{\"index\":{index},\"task\":\"t\",\"payload\":\"a{}\"}}\n",
+        "é".repeat(length.saturating_sub(1))
+    )
+}
+
+/// The materialiser reads a chunk with one range read bounded in bytes: the read ends before
+/// the item that would pass the bound, the first item always comes, and an index holding nothing
+/// comes as `None`. The same in SQL, Redis and a Redis Cluster.
+#[apply(every_mode)]
+#[tokio::test]
+async fn a_range_read_stops_before_the_item_that_would_pass_its_byte_bound(#[case] mode: Mode) {
+    range_reads_stop_at_their_byte_bound(TestServer::start(mode).await).await;
+}
+
+/// Postgres without Redis keeps the items itself, and bounds the read in the database.
+#[tokio::test]
+async fn a_range_read_from_postgres_stops_before_the_item_that_would_pass_its_byte_bound() {
+    let server = TestServer::start_with(Mode::Production, |config| config.redis_url = None).await;
+    range_reads_stop_at_their_byte_bound(server).await;
+}
+
+async fn range_reads_stop_at_their_byte_bound(server: TestServer) {
+    let id = server.new_batch(20).await;
+    let lines: String = (0..12)
+        .map(|index| sized_line(index, 100 * (index as usize % 4 + 1)))
+        .collect();
+    let (status, body) = server.stream(&id, lines.into_bytes()).await;
+    assert_eq!(body["itemsAccepted"], 12, "{status}: {body}");
+    let mut stored = Vec::new();
+    for index in 0..12 {
+        stored.push(
+            server
+                .queue
+                .item(&id, index)
+                .await
+                .unwrap()
+                .expect("stored"),
+        );
+    }
+    let size = |range: std::ops::Range<usize>| -> u64 {
+        stored[range].iter().map(|item| item.len() as u64).sum()
+    };
+    let read = |first: u32, last: u32, max_bytes: u64| {
+        let (queue, id) = (server.queue.clone(), id.clone());
+        async move {
+            queue
+                .items_in_range(&id, first, last, max_bytes)
+                .await
+                .unwrap()
+        }
+    };
+
+    let all = read(0, 11, size(0..12)).await;
+    assert_eq!(all.len(), 12);
+    for (index, item) in all.iter().enumerate() {
+        assert_eq!(item.as_ref(), Some(&stored[index]), "index {index}");
+    }
+    assert_eq!(read(0, 11, size(0..5)).await.len(), 5);
+    assert_eq!(read(0, 11, size(0..5) - 1).await.len(), 4);
+    assert_eq!(read(2, 11, size(2..9)).await.len(), 7);
+    // The first item comes whatever its size.
+    assert_eq!(read(3, 11, 1).await, vec![Some(stored[3].clone())]);
+    // Indexes past the stored ones hold nothing, and cost nothing.
+    let tail = read(10, 19, size(10..12)).await;
+    assert_eq!(tail.len(), 10);
+    assert_eq!(
+        tail[..2],
+        [Some(stored[10].clone()), Some(stored[11].clone())]
+    );
+    assert!(tail[2..].iter().all(Option::is_none), "{tail:?}");
+    assert_eq!(read(10, 19, size(10..11)).await.len(), 1);
+    assert_eq!(read(12, 19, 1).await, vec![None; 8]);
+}
+
+/// Chunks cut by their bytes rather than their item count still write every run once, with its
+/// payload, in both modes; failed items among them stay failed runs.
+#[rstest]
+#[case::embedded(Mode::Embedded)]
+#[case::production(Mode::Production)]
+#[tokio::test]
+async fn runs_are_written_in_chunks_bounded_by_bytes(#[case] mode: Mode) {
+    let server = TestServer::start_with(mode, |config| {
+        config.materialise_chunk_items = 50;
+        config.materialise_chunk_bytes = 2048;
+    })
+    .await;
+    let length = |index: u32| (index as usize * 37) % 700 + 1;
+    let lines: String = (0..60)
+        .map(|index| match index % 13 {
+            5 => format!("{{\"index\":{index},\"payload\":1}}\n"),
+            _ => sized_line(index, length(index)),
+        })
+        .collect();
+    let id = materialised_batch(&server, 60, lines.into_bytes()).await;
+    let runs = server.all_runs(&id, "", 1000).await;
+    assert_eq!(runs.len(), 60);
+    for (index, listed) in runs.iter().enumerate() {
+        let index = index as u32;
+        assert_eq!(listed["index"], index);
+        let run_id = listed["id"].as_str().unwrap();
+        let (status, run) = server.get(&format!("/api/v3/runs/{run_id}")).await;
+        assert_eq!(status, StatusCode::OK, "{run}");
+        if index % 13 == 5 {
+            assert_eq!(run["status"], "FAILED", "{run}");
+        } else {
+            assert_eq!(run["status"], "PENDING", "{run}");
+            let payload = format!("a{}", "é".repeat(length(index) - 1));
+            assert_eq!(run["payload"], payload.as_str(), "index {index}");
+        }
     }
 }
 
