@@ -87,6 +87,18 @@ impl<F: Flush> Clone for Flusher<F> {
     }
 }
 
+/// Why a write was not taken or not made.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue in front of the flusher is full: callers send more than the store takes. Not an
+    /// outage; the caller retries shortly (or on another node).
+    #[error("{0} writes are queued to capacity on this node")]
+    Busy(&'static str),
+    /// The store failed, is failing, or the flusher stopped.
+    #[error(transparent)]
+    Store(#[from] DependencyError),
+}
+
 fn unavailable(name: &str, why: impl std::fmt::Display) -> DependencyError {
     DependencyError::unavailable(
         Dependency::Database,
@@ -135,21 +147,23 @@ impl<F: Flush> Flusher<F> {
     }
 
     /// Queues `item` and waits for its write. Fails at once (without queueing) while the store is
-    /// failing, when the queue is full, or after shutdown.
-    pub async fn submit(&self, item: F::Item) -> Result<F::Outcome, DependencyError> {
+    /// failing, when the queue is full ([`SubmitError::Busy`]), or after shutdown.
+    pub async fn submit(&self, item: F::Item) -> Result<F::Outcome, SubmitError> {
         if self.failing.load(Ordering::Acquire) {
-            return Err(unavailable(self.name, "the store is failing"));
+            return Err(unavailable(self.name, "the store is failing").into());
         }
         let (reply, answer) = oneshot::channel();
         self.sender
             .try_send(Waiting { item, reply })
             .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => unavailable(self.name, "the queue is full"),
-                mpsc::error::TrySendError::Closed(_) => unavailable(self.name, "shutting down"),
+                mpsc::error::TrySendError::Full(_) => SubmitError::Busy(self.name),
+                mpsc::error::TrySendError::Closed(_) => {
+                    unavailable(self.name, "shutting down").into()
+                }
             })?;
-        answer
+        Ok(answer
             .await
-            .map_err(|_| unavailable(self.name, "the flusher stopped"))?
+            .map_err(|_| unavailable(self.name, "the flusher stopped"))??)
     }
 }
 
@@ -413,6 +427,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_full_queue_turns_a_write_away_at_once_as_busy() {
+        let recorder = Recorder::default();
+        let settings = FlushSettings {
+            capacity: 2,
+            ..settings(10)
+        };
+        let (flusher, _task) =
+            Flusher::spawn("test", recorder.clone(), settings, CancellationToken::new());
+        // The three are queued before the flusher runs: the third finds the queue full.
+        let answers = futures::future::join_all((1..=3).map(|item| flusher.submit(item))).await;
+        assert_eq!(answers[0].as_ref().unwrap(), &10);
+        assert_eq!(answers[1].as_ref().unwrap(), &20);
+        assert!(
+            matches!(answers[2], Err(SubmitError::Busy("test"))),
+            "{:?}",
+            answers[2]
+        );
+        assert_eq!(recorder.groups.lock().unwrap().concat(), vec![1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn while_the_store_fails_callers_are_turned_away_until_a_probe_succeeds() {
         let recorder = Recorder::default();
         recorder.failing.store(true, Ordering::SeqCst);
@@ -423,7 +458,10 @@ mod tests {
             CancellationToken::new(),
         );
         let error = flusher.submit(1).await.unwrap_err();
-        assert!(error.is_unavailable());
+        assert!(
+            matches!(&error, SubmitError::Store(error) if error.is_unavailable()),
+            "{error}"
+        );
         // Turned away at once, without being queued.
         let error = flusher.submit(2).await.unwrap_err();
         assert!(error.to_string().contains("failing"), "{error}");

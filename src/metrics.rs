@@ -121,7 +121,9 @@ pub fn item_slots_in_use(delta: f64) {
     gauge!("sluice_item_slots_in_use").increment(delta);
 }
 
-/// A request turned away before any work: `overloaded` (503), `rate_limited` (429).
+/// A request turned away before any work: `overloaded` (503: a stream over the node's bounds),
+/// `status_writes` (503: a worker call finding the node's status writes queued to capacity),
+/// `rate_limited` (429).
 pub fn request_shed(reason: &'static str) {
     counter!("sluice_requests_shed_total", "reason" => reason).increment(1);
 }

@@ -19,6 +19,9 @@ pub struct LoadShield {
 pub enum Overload {
     Streams,
     ItemsInFlight,
+    /// A worker call found this node's queue of status writes (claims, heartbeats or
+    /// completions) full.
+    StatusWrites,
 }
 
 impl Overload {
@@ -26,6 +29,7 @@ impl Overload {
         match self {
             Self::Streams => "streams",
             Self::ItemsInFlight => "items in flight",
+            Self::StatusWrites => "status writes queued",
         }
     }
 }

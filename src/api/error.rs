@@ -151,11 +151,12 @@ impl ApiError {
 
     fn message(&self) -> String {
         match self {
-            Self::Dependency(error) | Self::StreamFailed(error, _) if error.is_unavailable() => {
-                format!(
-                    "{} is unavailable; retry the request (items already accepted are kept)",
-                    error.dependency()
-                )
+            Self::StreamFailed(error, _) if error.is_unavailable() => format!(
+                "{} is unavailable; retry the request (items already accepted are kept)",
+                error.dependency()
+            ),
+            Self::Dependency(error) if error.is_unavailable() => {
+                format!("{} is unavailable; retry the request", error.dependency())
             }
             Self::Dependency(_) | Self::StreamFailed(..) => {
                 "internal error; see the server log for this request id".into()
@@ -189,6 +190,10 @@ impl IntoResponse for ApiError {
             Self::Dependency(error) | Self::StreamFailed(error, _) => {
                 crate::metrics::dependency_error(error);
                 tracing::error!(error = %error, "dependency failed")
+            }
+            // Streams turned away are counted where they are admitted.
+            Self::Overloaded(Overload::StatusWrites) => {
+                crate::metrics::request_shed("status_writes")
             }
             _ => {}
         }
@@ -250,6 +255,7 @@ impl From<RunsError> for ApiError {
             RunsError::RunNotFound => Self::RunNotFound,
             RunsError::NoPayload => Self::PayloadNotFound,
             RunsError::BatchFinal(status) => Self::BatchFinal(status.as_str()),
+            RunsError::Busy(_) => Self::Overloaded(Overload::StatusWrites),
             RunsError::Dependency(error) => Self::Dependency(error),
         }
     }
@@ -272,5 +278,60 @@ impl From<JsonRejection> for ApiError {
             }
             _ => Self::InvalidRequest(bounded(rejection.body_text())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderMap;
+
+    use super::*;
+    use crate::dependency::Dependency;
+
+    async fn answer(error: ApiError) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let response = error.into_response();
+        let (parts, body) = response.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&body).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_full_status_queue_is_overloaded_not_a_dependency_outage() {
+        let (status, headers, body) = answer(RunsError::Busy("completions").into()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], RETRY_AFTER_SECONDS);
+        assert_eq!(body["error"]["code"], "OVERLOADED");
+        assert_eq!(
+            body["error"]["message"],
+            "too many status writes queued on this server; retry later"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_a_stream_says_its_items_are_kept_when_a_dependency_is_down() {
+        let down = || DependencyError::unavailable(Dependency::Database, "down");
+        let (status, _, body) = answer(ApiError::Dependency(down())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "DEPENDENCY_UNAVAILABLE");
+        assert_eq!(
+            body["error"]["message"],
+            "database is unavailable; retry the request"
+        );
+        let summary: IngestResponse = serde_json::from_value(serde_json::json!({
+            "id": "batch_1", "itemsAccepted": 3, "itemsDeduplicated": 0, "sealed": false,
+            "itemsFailed": 0, "itemsRejected": 0, "rejected": []
+        }))
+        .unwrap();
+        let summary = Box::new(summary);
+        let (_, _, body) = answer(ApiError::StreamFailed(down(), summary)).await;
+        assert_eq!(
+            body["error"]["message"],
+            "database is unavailable; retry the request (items already accepted are kept)"
+        );
+        assert_eq!(body["itemsAccepted"], 3);
     }
 }

@@ -31,8 +31,20 @@ pub enum RunsError {
     NoPayload,
     #[error("batch is {} and can no longer be canceled", .0.as_str())]
     BatchFinal(BatchStatus),
+    /// This node's status writes are queued to capacity (see [`crate::flusher::SubmitError`]).
+    #[error("{0} writes are queued to capacity on this node")]
+    Busy(&'static str),
     #[error(transparent)]
     Dependency(#[from] DependencyError),
+}
+
+impl From<crate::flusher::SubmitError> for RunsError {
+    fn from(error: crate::flusher::SubmitError) -> Self {
+        match error {
+            crate::flusher::SubmitError::Busy(flusher) => Self::Busy(flusher),
+            crate::flusher::SubmitError::Store(error) => Self::Dependency(error),
+        }
+    }
 }
 
 /// A page of results and where the next one starts, if there is more.

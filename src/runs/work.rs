@@ -17,7 +17,7 @@ use super::RunsError;
 use super::id::parse_run_id;
 use crate::dependency::DependencyError;
 use crate::events::{Events, RunEvent};
-use crate::flusher::{Flush, FlushSettings, Flusher};
+use crate::flusher::{Flush, FlushSettings, Flusher, SubmitError};
 use crate::ports::Ports;
 use crate::protocol::work::{
     DEFAULT_LEASE_MS, MAX_LEASE_MS, MAX_OUTPUT_BYTES, MAX_RUNS_PER_CALL, MAX_WAIT_MS, MIN_LEASE_MS,
@@ -432,7 +432,7 @@ pub async fn complete(
             }
         }
     });
-    let results: Vec<Result<Fenced<Completed>, DependencyError>> =
+    let results: Vec<Result<Fenced<Completed>, SubmitError>> =
         futures::future::join_all(writes).await;
     let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
     let retried = |result: &Fenced<Completed>| matches!(result, Fenced::Applied(Completed { status, .. }) if *status == RunStatus::Pending);
