@@ -34,15 +34,16 @@ const BACKFILL_BITS_PER_COMMAND: usize = 8192;
 
 /// The items of a range in index order, `false` (a nil reply) where an index holds nothing,
 /// ending before the item that would bring their bytes past `ARGV[3]` (the first item always
-/// comes). Read `ARGV[4]` fields per `HMGET`, so what the script holds beyond the answer is one
-/// such group.
+/// comes). Read with `HMGET`s of at most `ARGV[4]` fields: the first of 16, each next one sized
+/// by what is left of the bound and the largest item seen, so what the script reads beyond its
+/// answer is about one item, unless the items grow along the range.
 static ITEMS_WITHIN_BYTES: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
 local first, last = tonumber(ARGV[1]), tonumber(ARGV[2])
-local budget, group = tonumber(ARGV[3]), tonumber(ARGV[4])
-local items, bytes, any = {}, 0, false
-local index = first
+local budget, most = tonumber(ARGV[3]), tonumber(ARGV[4])
+local items, bytes, any, largest = {}, 0, false, 1
+local index, group = first, math.min(16, most)
 while index <= last do
   local upto = math.min(index + group - 1, last)
   local fields = {}
@@ -53,17 +54,19 @@ while index <= last do
     if value then
       if any and bytes + #value > budget then return items end
       bytes, any = bytes + #value, true
+      if #value > largest then largest = #value end
     end
     items[#items + 1] = value
   end
   index = upto + 1
+  group = math.max(1, math.min(most, math.floor((budget - bytes) / largest) + 1))
 end
 return items
 ",
     )
 });
 
-/// Fields one `HMGET` of a range read asks for.
+/// Fields one `HMGET` of a range read asks for at most.
 const FIELDS_PER_HMGET: u32 = 256;
 
 /// A standalone connection (reconnecting) or a Cluster connection.

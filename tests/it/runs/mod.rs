@@ -559,14 +559,15 @@ async fn a_range_read_from_postgres_stops_before_the_item_that_would_pass_its_by
 }
 
 async fn range_reads_stop_at_their_byte_bound(server: TestServer) {
-    let id = server.new_batch(20).await;
-    let lines: String = (0..12)
+    // 40 items (Redis reads them in several groups), sizes going up and down along the range.
+    let id = server.new_batch(48).await;
+    let lines: String = (0..40)
         .map(|index| sized_line(index, 100 * (index as usize % 4 + 1)))
         .collect();
     let (status, body) = server.stream(&id, lines.into_bytes()).await;
-    assert_eq!(body["itemsAccepted"], 12, "{status}: {body}");
+    assert_eq!(body["itemsAccepted"], 40, "{status}: {body}");
     let mut stored = Vec::new();
-    for index in 0..12 {
+    for index in 0..40 {
         stored.push(
             server
                 .queue
@@ -589,26 +590,28 @@ async fn range_reads_stop_at_their_byte_bound(server: TestServer) {
         }
     };
 
-    let all = read(0, 11, size(0..12)).await;
-    assert_eq!(all.len(), 12);
+    let all = read(0, 39, size(0..40)).await;
+    assert_eq!(all.len(), 40);
     for (index, item) in all.iter().enumerate() {
         assert_eq!(item.as_ref(), Some(&stored[index]), "index {index}");
     }
-    assert_eq!(read(0, 11, size(0..5)).await.len(), 5);
-    assert_eq!(read(0, 11, size(0..5) - 1).await.len(), 4);
-    assert_eq!(read(2, 11, size(2..9)).await.len(), 7);
+    assert_eq!(read(0, 39, size(0..5)).await.len(), 5);
+    assert_eq!(read(0, 39, size(0..5) - 1).await.len(), 4);
+    assert_eq!(read(2, 39, size(2..33)).await.len(), 31);
+    assert_eq!(read(2, 39, size(2..33) + 1).await.len(), 31);
+    assert_eq!(read(0, 30, size(0..40)).await.len(), 31);
     // The first item comes whatever its size.
-    assert_eq!(read(3, 11, 1).await, vec![Some(stored[3].clone())]);
+    assert_eq!(read(3, 39, 1).await, vec![Some(stored[3].clone())]);
     // Indexes past the stored ones hold nothing, and cost nothing.
-    let tail = read(10, 19, size(10..12)).await;
+    let tail = read(38, 47, size(38..40)).await;
     assert_eq!(tail.len(), 10);
     assert_eq!(
         tail[..2],
-        [Some(stored[10].clone()), Some(stored[11].clone())]
+        [Some(stored[38].clone()), Some(stored[39].clone())]
     );
     assert!(tail[2..].iter().all(Option::is_none), "{tail:?}");
-    assert_eq!(read(10, 19, size(10..11)).await.len(), 1);
-    assert_eq!(read(12, 19, 1).await, vec![None; 8]);
+    assert_eq!(read(38, 47, size(38..39)).await.len(), 1);
+    assert_eq!(read(40, 47, 1).await, vec![None; 8]);
 }
 
 /// Chunks cut by their bytes rather than their item count still write every run once, with its
