@@ -347,7 +347,9 @@ fn items_to_store(items: &[QueuedItem], taken: impl IntoIterator<Item = i32>) ->
 
 impl SqliteStore {
     /// [`ItemQueue::items_in_range`]: rows are stepped through until the next would pass the
-    /// bound (that one row is read, then dropped).
+    /// bound; dropping the stream then resets the statement. The driver reads up to its row
+    /// channel (50 rows) ahead of what is taken, so that many items may be read past the bound
+    /// and dropped.
     async fn items_within(
         &self,
         batch_id: &str,
