@@ -7,7 +7,7 @@ use sqlx::{Postgres, Sqlite, Transaction};
 
 use super::copy::BinaryRows;
 use super::row::{BATCH_COLUMNS, BatchRow};
-use super::work::{CANCEL_PENDING, FINISH_IF_ALL_FINAL, RUNS_CANCELED};
+use super::work::FINISH_IF_ALL_FINAL;
 use super::{PostgresStore, SqliteStore, is_unique_violation};
 use crate::dependency::DependencyError;
 use crate::store::runs::{
@@ -360,17 +360,7 @@ macro_rules! impl_sql_run_store {
                 .fetch_optional(&mut *transaction)
                 .await?;
                 if let Some(batch) = canceled {
-                    let canceled = sqlx::query(CANCEL_PENDING)
-                    .bind(id)
-                    .bind(now)
-                    .execute(&mut *transaction)
-                    .await?
-                    .rows_affected();
-                    sqlx::query(RUNS_CANCELED)
-                        .bind(id)
-                        .bind(canceled as i64)
-                        .execute(&mut *transaction)
-                        .await?;
+                    Self::cancel_pending(&mut transaction, id, now).await?;
                     transaction.commit().await?;
                     return Ok(Canceled::Canceled(batch.into()));
                 }

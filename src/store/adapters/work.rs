@@ -92,7 +92,7 @@ fn claim_statement(lock: &str, tasks: usize) -> String {
 /// The pending runs of a canceled batch are canceled: at the cancel, and later those that went
 /// back to `PENDING` (a retry, an expired lease) in a batch canceled meanwhile. Counted with
 /// [`RUNS_CANCELED`].
-pub(super) const CANCEL_PENDING: &str = "UPDATE runs SET status = 'CANCELED', completed_at = $2, \
+const CANCEL_PENDING: &str = "UPDATE runs SET status = 'CANCELED', completed_at = $2, \
      updated_at = $2 WHERE batch_id = $1 AND status = 'PENDING' \
      AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status = 'CANCELED')";
 
@@ -111,7 +111,7 @@ const CLOSE_RUNS: &str = "UPDATE batches SET open_runs = open_runs - $2 - $3, \
      completed_runs = completed_runs + $2, failed_runs = failed_runs + $3 WHERE id = $1";
 
 /// `$2` pending runs of the batch were canceled in this transaction.
-pub(super) const RUNS_CANCELED: &str = "UPDATE batches SET open_runs = open_runs - $2, \
+const RUNS_CANCELED: &str = "UPDATE batches SET open_runs = open_runs - $2, \
      canceled_runs = canceled_runs + $2 WHERE id = $1";
 
 /// A batch's runs made final in one transaction.
@@ -201,6 +201,29 @@ macro_rules! impl_sql_work_store {
                 }))
             }
 
+            /// Cancels the pending runs of a canceled batch (see [`CANCEL_PENDING`]) and counts
+            /// them on the batch, in the caller's transaction.
+            pub(super) async fn cancel_pending(
+                transaction: &mut Transaction<'_, $db>,
+                batch_id: &str,
+                now: Millis,
+            ) -> Result<(), sqlx::Error> {
+                let canceled = sqlx::query(CANCEL_PENDING)
+                    .bind(batch_id)
+                    .bind(now)
+                    .execute(&mut **transaction)
+                    .await?
+                    .rows_affected();
+                if canceled > 0 {
+                    sqlx::query(RUNS_CANCELED)
+                        .bind(batch_id)
+                        .bind(canceled as i64)
+                        .execute(&mut **transaction)
+                        .await?;
+                }
+                Ok(())
+            }
+
             /// Locks the batches (in id order) and turns final those whose runs all are; cancels
             /// runs sent back to pending in batches canceled meanwhile.
             async fn settle_batches(
@@ -226,19 +249,7 @@ macro_rules! impl_sql_work_store {
                     }
                 }
                 for batch_id in returned {
-                    let canceled = sqlx::query(CANCEL_PENDING)
-                        .bind(batch_id)
-                        .bind(now)
-                        .execute(&mut **transaction)
-                        .await?
-                        .rows_affected();
-                    if canceled > 0 {
-                        sqlx::query(RUNS_CANCELED)
-                            .bind(batch_id)
-                            .bind(canceled as i64)
-                            .execute(&mut **transaction)
-                            .await?;
-                    }
+                    Self::cancel_pending(transaction, batch_id, now).await?;
                 }
                 for batch_id in finished.keys() {
                     let status: Option<String> = sqlx::query_scalar(FINISH_IF_ALL_FINAL)
